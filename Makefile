@@ -1,0 +1,30 @@
+# portgate: the two commands a newcomer needs are `make run` and `make test`.
+VENV   := .venv
+BIN    := $(VENV)/bin
+PKGS   := gateway protocols backends
+
+.PHONY: run test setup lint typecheck contracts pytest clean
+
+setup:
+	@scripts/setup.sh
+
+run: setup
+	@scripts/demo.sh
+
+test: setup lint typecheck contracts pytest
+
+lint:
+	$(BIN)/ruff check $(PKGS) tests
+	$(BIN)/ruff format --check $(PKGS) tests
+
+typecheck:
+	$(BIN)/mypy $(PKGS)
+
+contracts:
+	$(BIN)/lint-imports
+
+pytest:
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -1,0 +1,282 @@
+"""The composition root: what ``portgate run --config FILE`` (``gateway.cli``) starts.
+
+It builds the pieces (config, policy, table, lease store, backend, service, admin socket),
+runs the Twisted reactor, reloads on SIGHUP and stops cleanly on SIGTERM/SIGINT. This is the
+only module that names concrete front-ends and backends.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from ipaddress import IPv4Address
+from types import FrameType
+from typing import IO, Any, cast
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogFilterPredicate,
+    ILogObserver,
+    LogEvent,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    eventAsJSON,
+    formatEvent,
+    globalLogBeginner,
+)
+
+from backends.memory import MemoryBackend
+from gateway.allocator import Allocator
+from gateway.clock import Clock
+from gateway.config import Config, ConfigError, load_config
+from gateway.control import ControlError, listen_control
+from gateway.errors import BackendError, StoreError
+from gateway.netinfo import InterfaceInfo, external_ipv4, read_interfaces
+from gateway.policy import Lan, Policy
+from gateway.ports import Backend
+from gateway.service import GatewayService
+from gateway.store import LeaseStore
+from gateway.table import MappingTable
+
+log = Logger(namespace="portgate.daemon")
+
+#: How often interface addresses are read again (LAN prefixes, learned external address).
+NETWORK_RECHECK = 10.0
+
+_LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warning": LogLevel.warn,
+    "error": LogLevel.error,
+}
+
+
+# -- logging -------------------------------------------------------------------------------
+
+
+class _LineObserver:
+    """One readable line per event: ``2026-11-24 23:59:01 info service: map add ...``."""
+
+    def __init__(self, stream: IO[str], as_json: bool) -> None:
+        self._stream = stream
+        self._json = as_json
+
+    def __call__(self, event: LogEvent) -> None:
+        if self._json:
+            line = eventAsJSON(event)
+        else:
+            when = datetime.fromtimestamp(event.get("log_time", 0)).strftime("%Y-%m-%d %H:%M:%S")
+            level = event.get("log_level", LogLevel.info).name
+            namespace = str(event.get("log_namespace", "")).removeprefix("portgate.")
+            text = formatEvent(event)
+            failure = event.get("log_failure")
+            if failure is not None:
+                text += "\n" + failure.getTraceback()
+            line = f"{when} {level} {namespace}: {text}"
+        try:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def start_logging(config: Config, stream: IO[str] = sys.stderr) -> LogLevelFilterPredicate:
+    predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[config.log.level])
+    lines = cast(ILogObserver, _LineObserver(stream, config.log.format == "json"))
+    observer = FilteringLogObserver(lines, [cast(ILogFilterPredicate, predicate)])
+    globalLogBeginner.beginLoggingTo([cast(ILogObserver, observer)], redirectStandardIO=False)
+    return predicate
+
+
+# -- the running daemon --------------------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    config_path: str
+    config: Config
+    reactor: Any
+    service: GatewayService
+    backend: Backend
+    predicate: LogLevelFilterPredicate
+    control_port: Any = None
+    lan_info: dict[str, InterfaceInfo | None] = field(default_factory=dict)
+
+    def reload(self) -> None:
+        """SIGHUP: read the config again; an invalid one keeps the old and says why."""
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as error:
+            log.error("reload refused, keeping the running config: {error}", error=error)
+            return
+        unchanged = ("wan", "lan", "state", "control", "backend")
+        moved = [name for name in unchanged if getattr(config, name) != getattr(self.config, name)]
+        if moved:
+            log.warn(
+                "reload: changes to {keys} need a restart; the rest applies now",
+                keys=", ".join(moved),
+            )
+        self.config = config
+        self.predicate.setLogLevelForNamespace(None, _LEVELS[config.log.level])  # type: ignore[arg-type]
+        self.service.set_policy(build_policy(config, self.lan_info))
+        log.info("reloaded {path}: new rules apply to new requests", path=self.config_path)
+
+    def recheck_network(self) -> None:
+        names = [lan.interface for lan in self.config.lan] + [self.config.wan.interface]
+        try:
+            info = read_interfaces(names)
+        except OSError as error:
+            log.error("cannot read interface addresses: {error}", error=error)
+            return
+        lan_info = {lan.interface: info.get(lan.interface) for lan in self.config.lan}
+        if lan_info != self.lan_info:
+            for name, item in lan_info.items():
+                if item is None:
+                    log.warn("LAN interface {name} does not exist (yet)", name=name)
+            self.lan_info = lan_info
+            self.service.set_policy(build_policy(self.config, lan_info))
+            log.info("LAN prefixes: {prefixes}", prefixes=_prefix_text(self.service.policy.lan))
+        if self.config.wan.external_address is None:
+            address = external_ipv4(info.get(self.config.wan.interface))
+            if address != self.service.external_address:
+                if address is None:
+                    log.warn(
+                        "WAN interface {name} has no IPv4 address: mapping requests are refused",
+                        name=self.config.wan.interface,
+                    )
+                self.service.set_external_address(address)
+
+    def stop(self) -> None:
+        keep = self.config.state.keep_mappings_on_stop
+        self.service.stop(keep_mappings=keep)
+        if self.control_port is not None:
+            self.control_port.stopListening()
+        log.info("portgate stopped")
+
+
+def _prefix_text(lan: Lan) -> str:
+    return ", ".join(str(p) for p in lan.prefixes) or "none"
+
+
+def build_lan(config: Config, lan_info: dict[str, InterfaceInfo | None]) -> Lan:
+    prefixes: list[Any] = []
+    own: set[Any] = set()
+    for lan in config.lan:
+        info = lan_info.get(lan.interface)
+        if info is not None:
+            for iface in info.addresses:
+                if iface.ip.is_link_local or iface.ip.is_loopback:
+                    continue
+                own.add(iface.ip)
+                if iface.network not in prefixes:
+                    prefixes.append(iface.network)
+        for prefix in lan.prefixes:
+            if prefix not in prefixes:
+                prefixes.append(prefix)
+    return Lan(tuple(prefixes), frozenset(own))
+
+
+def build_policy(config: Config, lan_info: dict[str, InterfaceInfo | None]) -> Policy:
+    return Policy(
+        config.policy,
+        config.lifetimes,
+        build_lan(config, lan_info),
+        upnp_igd_version=config.upnp.igd_version,
+    )
+
+
+def build_backend(config: Config) -> Backend:
+    if config.backend.type == "memory":
+        return MemoryBackend()
+    raise ConfigError(f"backend.type: unknown backend {config.backend.type!r}")
+
+
+def start_daemon(config_path: str, config: Config, reactor: Any) -> Daemon:
+    """Build and start everything; raises StartupError with a one-line reason."""
+    names = [lan.interface for lan in config.lan] + [config.wan.interface]
+    try:
+        info = read_interfaces(names)
+    except OSError as error:
+        raise StartupError(f"cannot read interface addresses: {error}") from error
+    lan_info = {lan.interface: info.get(lan.interface) for lan in config.lan}
+    external: IPv4Address | None = config.wan.external_address
+    if external is None:
+        external = external_ipv4(info.get(config.wan.interface))
+    policy = build_policy(config, lan_info)
+    table = MappingTable(policy, Allocator(random.SystemRandom()), external)
+    try:
+        store = LeaseStore(config.state.lease_file)
+    except StoreError as error:
+        raise StartupError(str(error)) from error
+    backend = build_backend(config)
+    clock = Clock(reactor)
+    service = GatewayService(table, backend, store, clock)
+    predicate = LogLevelFilterPredicate()
+    daemon = Daemon(config_path, config, reactor, service, backend, predicate, lan_info=lan_info)
+    log.info(
+        "portgate starting: backend={backend} wan={wan} external={external} lan={lan}",
+        backend=backend.name,
+        wan=config.wan.interface,
+        external=external if external is not None else "unknown",
+        lan=_prefix_text(policy.lan),
+    )
+    if backend.name == "memory":
+        log.warn(
+            "the memory backend keeps mappings in this process only: nothing reaches the kernel"
+        )
+    for name, item in lan_info.items():
+        if item is None:
+            log.warn("LAN interface {name} does not exist (yet)", name=name)
+    try:
+        service.start()
+    except (StoreError, BackendError) as error:
+        raise StartupError(f"cannot start: {error}") from error
+    try:
+        daemon.control_port = listen_control(reactor, config.control.socket, service)
+    except (ControlError, OSError) as error:
+        service.stop(keep_mappings=True)
+        raise StartupError(f"admin socket {config.control.socket}: {error}") from error
+    log.info("admin socket listening on {path}", path=config.control.socket)
+    return daemon
+
+
+class StartupError(Exception):
+    """portgate cannot start; the message says why, in one line."""
+
+
+def run_daemon(config_path: str) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigError as error:
+        print(f"portgate: {error}", file=sys.stderr)
+        return 2
+    from twisted.internet import reactor as _reactor
+
+    reactor: Any = _reactor
+    predicate = start_logging(config)
+    try:
+        daemon = start_daemon(config_path, config, reactor)
+    except StartupError as error:
+        log.critical("{error}", error=error)
+        print(f"portgate: {error}", file=sys.stderr)
+        return 1
+    daemon.predicate = predicate
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        reactor.callFromThread(daemon.reload)
+
+    signal.signal(signal.SIGHUP, on_hup)
+    reactor.addSystemEventTrigger("before", "shutdown", daemon.stop)
+    from twisted.internet.task import LoopingCall
+
+    recheck = LoopingCall(daemon.recheck_network)
+    recheck.clock = reactor
+    reactor.callWhenRunning(recheck.start, NETWORK_RECHECK, now=False)
+    reactor.callWhenRunning(log.info, "portgate running (pid {pid})", pid=os.getpid())
+    reactor.run()
+    return 0

@@ -1,0 +1,72 @@
+"""What the kernel says about our interfaces: addresses and prefixes, read over netlink
+(pyroute2). Used by the daemon at start and on its periodic re-check."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv6Address,
+    IPv6Interface,
+    ip_interface,
+)
+
+from pyroute2 import IPRoute
+
+#: RT_SCOPE_UNIVERSE: a global address (not host- or link-scoped).
+SCOPE_UNIVERSE = 0
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceInfo:
+    name: str
+    index: int
+    addresses: tuple[IPv4Interface | IPv6Interface, ...]
+    up: bool
+
+    @property
+    def ipv4(self) -> tuple[IPv4Interface, ...]:
+        return tuple(a for a in self.addresses if isinstance(a, IPv4Interface))
+
+    @property
+    def ipv6(self) -> tuple[IPv6Interface, ...]:
+        return tuple(a for a in self.addresses if isinstance(a, IPv6Interface))
+
+
+def read_interfaces(names: list[str]) -> dict[str, InterfaceInfo | None]:
+    """Addresses of the named interfaces; None for an interface that does not exist."""
+    found: dict[str, InterfaceInfo | None] = {}
+    with IPRoute() as ipr:
+        for name in names:
+            indexes = ipr.link_lookup(ifname=name)
+            if not indexes:
+                found[name] = None
+                continue
+            index = int(indexes[0])
+            links = ipr.get_links(index)
+            up = bool(links) and bool(int(links[0]["flags"]) & 1)
+            addresses: list[IPv4Interface | IPv6Interface] = []
+            for msg in ipr.get_addr(index=index):
+                address = msg.get("IFA_ADDRESS")
+                if address is None:
+                    continue
+                addresses.append(ip_interface(f"{address}/{int(msg['prefixlen'])}"))
+            found[name] = InterfaceInfo(name, index, tuple(addresses), up)
+    return found
+
+
+def external_ipv4(info: InterfaceInfo | None) -> IPv4Address | None:
+    """The first global IPv4 address of the WAN interface."""
+    if info is None:
+        return None
+    for iface in info.ipv4:
+        address = iface.ip
+        if not (address.is_loopback or address.is_link_local or address.is_multicast):
+            return address
+    return None
+
+
+def usable_ipv6(iface: IPv6Interface) -> bool:
+    address: IPv6Address = iface.ip
+    return not (address.is_link_local or address.is_loopback or address.is_multicast)
