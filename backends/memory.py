@@ -73,7 +73,7 @@ class MemoryBackend:
             raise BackendError("two port mappings for one external port")
 
     def snapshot(self) -> frozenset[KernelEntry]:
-        return frozenset(self._entries.values())
+        return frozenset(entry.canonical() for entry in self._entries.values())
 
     def reset_owned(self) -> None:
         self._entries.clear()

@@ -340,8 +340,30 @@ class ControlConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     socket: _SOCKET_PATH = "/run/portgate/control.sock"
 
 
+_NFT_NAME = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$",
+        description="a letter, then up to 31 letters, digits, '_' or '-'",
+    ),
+]
+_PRIORITY = Annotated[int, msgspec.Meta(ge=-1000, le=1000)]
+
+
+class NftConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The nftables backend: one ``inet`` table of our own."""
+
+    table: _NFT_NAME = "portgate"
+    dnat_priority: _PRIORITY = -100
+    snat_priority: _PRIORITY = 100
+    forward_priority: _PRIORITY = 0
+    hairpin: bool = True
+    check_interval: Annotated[float, msgspec.Meta(ge=0.5, le=60)] = 2.0
+
+
 class BackendConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    type: Literal["memory"] = "memory"
+    type: Literal["nft", "memory"] = "nft"
+    nft: NftConfig = NftConfig()
 
 
 class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

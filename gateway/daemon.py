@@ -31,6 +31,8 @@ from twisted.logger import (
 )
 
 from backends.memory import MemoryBackend
+from backends.nft.backend import NftBackend
+from backends.nft.ruleset import Layout
 from gateway.allocator import Allocator
 from gateway.clock import Clock
 from gateway.config import Config, ConfigError, load_config
@@ -193,7 +195,16 @@ def build_policy(config: Config, lan_info: dict[str, InterfaceInfo | None]) -> P
 def build_backend(config: Config) -> Backend:
     if config.backend.type == "memory":
         return MemoryBackend()
-    raise ConfigError(f"backend.type: unknown backend {config.backend.type!r}")
+    nft = config.backend.nft
+    layout = Layout(
+        table=nft.table,
+        dnat_priority=nft.dnat_priority,
+        snat_priority=nft.snat_priority,
+        forward_priority=nft.forward_priority,
+        hairpin=nft.hairpin,
+        lan_interfaces=tuple(lan.interface for lan in config.lan),
+    )
+    return NftBackend(layout)
 
 
 def start_daemon(config_path: str, config: Config, reactor: Any) -> Daemon:
@@ -213,9 +224,15 @@ def start_daemon(config_path: str, config: Config, reactor: Any) -> Daemon:
         store = LeaseStore(config.state.lease_file)
     except StoreError as error:
         raise StartupError(str(error)) from error
-    backend = build_backend(config)
+    try:
+        backend = build_backend(config)
+    except BackendError as error:
+        store.close()
+        raise StartupError(f"nftables backend: {error}") from error
     clock = Clock(reactor)
-    service = GatewayService(table, backend, store, clock)
+    service = GatewayService(
+        table, backend, store, clock, health_interval=config.backend.nft.check_interval
+    )
     predicate = LogLevelFilterPredicate()
     daemon = Daemon(config_path, config, reactor, service, backend, predicate, lan_info=lan_info)
     log.info(

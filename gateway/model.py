@@ -208,6 +208,21 @@ class KernelEntry:
     internal: Endpoint
     filters: tuple[RemoteFilter, ...] = field(default=())
 
+    def canonical(self) -> KernelEntry:
+        """The same entry with its filters in a fixed order (backends read them back sorted)."""
+        ordered = tuple(
+            sorted(
+                set(self.filters),
+                key=lambda f: (
+                    f.prefix.version,
+                    int(f.prefix.network_address),
+                    f.prefix.prefixlen,
+                    f.port,
+                ),
+            )
+        )
+        return KernelEntry(self.kind, self.key, self.internal, ordered)
+
 
 def kernel_view(mapping: Mapping | None) -> KernelEntry | None:
     if mapping is None or not mapping.enabled:

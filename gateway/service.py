@@ -100,8 +100,11 @@ class GatewayService:
         backend: Backend,
         store: Store,
         clock: Clock,
+        *,
+        health_interval: float = HEALTH_INTERVAL,
     ) -> None:
         self.table = table
+        self.health_interval = health_interval
         self.backend = backend
         self.store = store
         self.clock = clock
@@ -211,7 +214,7 @@ class GatewayService:
                 address=self.table.external_address,
             )
         self._arm_expiry()
-        self._health_call = self.clock.call_later(HEALTH_INTERVAL, self._check_health)
+        self._health_call = self.clock.call_later(self.health_interval, self._check_health)
         return restored
 
     def _start_epoch(self, now: float, wall: float, kept_state: bool) -> None:
@@ -351,7 +354,7 @@ class GatewayService:
             self._arm_expiry()
 
     def _check_health(self) -> None:
-        self._health_call = self.clock.call_later(HEALTH_INTERVAL, self._check_health)
+        self._health_call = self.clock.call_later(self.health_interval, self._check_health)
         if not self.backend.healthy():
             log.warn(
                 "backend {backend}: our rules were removed from outside; restoring them",

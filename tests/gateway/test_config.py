@@ -109,7 +109,7 @@ def test_defaults() -> None:
         lease_file="/var/lib/portgate/leases.sqlite3", keep_mappings_on_stop=True
     )
     assert config.control == ControlConfig(socket="/run/portgate/control.sock")
-    assert config.backend == BackendConfig(type="memory")
+    assert config.backend == BackendConfig(type="nft")
     assert config.log == LogConfig(level="info", format="text")
 
 
@@ -368,8 +368,8 @@ def test_yaml_anchors_and_merge_keys_work() -> None:
             id="quota-zero",
         ),
         pytest.param(
-            BASE + "backend: {type: nft}",
-            "x.yaml: backend.type: expected one of 'memory', got 'nft'",
+            BASE + "backend: {type: iptables}",
+            "x.yaml: backend.type: expected one of 'memory', 'nft', got 'iptables'",
             id="unknown-backend",
         ),
         pytest.param(

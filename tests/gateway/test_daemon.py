@@ -34,6 +34,8 @@ state:
   lease_file: {directory}/leases.sqlite3
 control:
   socket: {directory}/control.sock
+backend:
+  type: memory
 {extra}
 """
     )

@@ -456,8 +456,8 @@ def test_a_closed_store_refuses_work(store: LeaseStore) -> None:
 
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("add"), st.none() | st.integers(0, 10**6)),
-        st.tuples(st.just("refresh"), st.integers(0, 50), st.none() | st.integers(0, 10**6)),
+        st.tuples(st.just("add"), st.none() | st.integers(1, 10**6)),
+        st.tuples(st.just("refresh"), st.integers(0, 50), st.none() | st.integers(1, 10**6)),
         st.tuples(st.just("update"), st.integers(0, 50), st.integers(1, 65535)),
         st.tuples(st.just("remove"), st.integers(0, 50), st.booleans()),
         st.tuples(st.just("commit")),

@@ -1,0 +1,136 @@
+"""NftBackend: the table's state in the kernel, through one libnftables transaction per call.
+
+Start-up and repair read our table once, compare it with the mappings the daemon holds and fix
+the difference in one transaction (the whole table when its skeleton is missing or changed,
+otherwise only the elements that differ). A batch of changes becomes one delete and one add
+per set. We never touch a table we did not create.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from twisted.logger import Logger
+
+from backends.nft.ruleset import (
+    FAMILY,
+    Layout,
+    TableDump,
+    delete_table,
+    element_commands,
+    read_dump,
+    replace_table_text,
+    skeleton_intact,
+)
+from backends.nft.runner import NftRunner
+from gateway.errors import BackendError
+from gateway.model import Change, KernelEntry, Mapping, kernel_view
+
+log = Logger(namespace="portgate.nft")
+
+
+def net_effect(changes: Sequence[Change]) -> tuple[list[KernelEntry], list[KernelEntry]]:
+    """What a batch removes from and adds to the kernel, in order, with no-ops folded away
+    (an entry added then removed in the same batch never reaches the kernel)."""
+    removed: dict[KernelEntry, None] = {}
+    added: dict[KernelEntry, None] = {}
+    for change in changes:
+        before, after = kernel_view(change.before), kernel_view(change.after)
+        if before == after:
+            continue
+        if before is not None:
+            entry = before.canonical()
+            if entry in added:
+                del added[entry]
+            else:
+                removed[entry] = None
+        if after is not None:
+            entry = after.canonical()
+            if entry in removed:
+                del removed[entry]
+            else:
+                added[entry] = None
+    return list(removed), list(added)
+
+
+class NftBackend:
+    name = "nft"
+
+    def __init__(self, layout: Layout, runner: NftRunner | None = None) -> None:
+        self.layout = layout
+        self.runner = runner if runner is not None else NftRunner()
+        self.last_repair: tuple[int, int] = (0, 0)  # (removed, added) at the last install
+
+    @property
+    def table_name(self) -> str:
+        return f"{FAMILY} {self.layout.table}"
+
+    def _read(self, terse: bool = False) -> TableDump | None:
+        output = self.runner.list(f"table {self.table_name}", terse=terse)
+        if output is None:
+            return None
+        dump = read_dump(output, self.layout)
+        if dump is not None and dump.foreign:
+            raise BackendError(
+                f"table {self.table_name} holds objects portgate did not create "
+                f"({', '.join(dump.foreign[:3])}); set backend.nft.table to another name"
+            )
+        return dump
+
+    def install(self, mappings: Iterable[Mapping]) -> None:
+        desired: set[KernelEntry] = set()
+        for mapping in mappings:
+            view = kernel_view(mapping)
+            if view is not None:
+                desired.add(view.canonical())
+        dump = self._read()
+        if dump is None or not skeleton_intact(dump, self.layout):
+            script = replace_table_text(self.layout, dump is not None, desired)
+            current: set[KernelEntry] = set() if dump is None else dump.entries()
+            self.runner.run_script(script)
+            self.last_repair = (len(current - desired), len(desired - current))
+            log.info(
+                "nftables table {table} {how} with {count} mapping(s)",
+                table=self.table_name,
+                how="created" if dump is None else "rebuilt",
+                count=len(desired),
+            )
+            return
+        current = dump.entries()
+        stale, missing = current - desired, desired - current
+        self.runner.run(element_commands(self.layout, stale, missing))
+        self.last_repair = (len(stale), len(missing))
+        if stale or missing:
+            log.info(
+                "nftables table {table}: removed {stale} stale and added {missing} missing "
+                "mapping(s)",
+                table=self.table_name,
+                stale=len(stale),
+                missing=len(missing),
+            )
+
+    def apply(self, changes: Sequence[Change]) -> None:
+        removed, added = net_effect(changes)
+        if not removed and not added:
+            return
+        try:
+            commands = element_commands(self.layout, removed, added)
+        except ValueError as error:
+            raise BackendError(str(error)) from error
+        self.runner.run(commands)
+
+    def snapshot(self) -> frozenset[KernelEntry]:
+        dump = self._read()
+        return frozenset() if dump is None else frozenset(dump.entries())
+
+    def reset_owned(self) -> None:
+        if self._read(terse=True) is not None:
+            self.runner.run(delete_table(self.layout))
+            log.info("nftables table {table} removed", table=self.table_name)
+
+    def healthy(self) -> bool:
+        try:
+            dump = self._read(terse=True)
+        except BackendError:
+            return False
+        return dump is not None and skeleton_intact(dump, self.layout, elements=False)
