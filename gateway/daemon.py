@@ -13,10 +13,11 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from types import FrameType
 from typing import IO, Any, cast
 
+from twisted.internet.error import CannotListenError
 from twisted.logger import (
     FilteringLogObserver,
     ILogFilterPredicate,
@@ -38,12 +39,14 @@ from gateway.clock import Clock
 from gateway.config import Config, ConfigError, load_config
 from gateway.control import ControlError, listen_control
 from gateway.errors import BackendError, StoreError
+from gateway.model import IPAddress
 from gateway.netinfo import InterfaceInfo, external_ipv4, read_interfaces
 from gateway.policy import Lan, Policy
 from gateway.ports import Backend
 from gateway.service import GatewayService
 from gateway.store import LeaseStore
 from gateway.table import MappingTable
+from protocols.udp5351 import listen_udp5351
 
 log = Logger(namespace="portgate.daemon")
 
@@ -108,6 +111,69 @@ class Daemon:
     predicate: LogLevelFilterPredicate
     control_port: Any = None
     lan_info: dict[str, InterfaceInfo | None] = field(default_factory=dict)
+    udp5351_ports: list[Any] = field(default_factory=list)
+
+    def is_lan(self, address: IPAddress) -> bool:
+        """The LAN check the front-ends apply to every source (follows SIGHUP and address
+        changes, since it reads the current policy)."""
+        return self.service.policy.lan.contains(address)
+
+    def lan_addresses(self) -> dict[IPAddress, str]:
+        """The gateway's own addresses on the LAN interfaces, with their interface names."""
+        found: dict[IPAddress, str] = {}
+        for name, info in self.lan_info.items():
+            if info is None:
+                continue
+            for iface in info.addresses:
+                if iface.ip.is_loopback:
+                    continue
+                if isinstance(iface.ip, IPv6Address) and iface.ip.is_link_local:
+                    continue
+                found[iface.ip] = name
+        return found
+
+    def start_frontends(self) -> None:
+        self.start_udp5351()
+
+    def start_udp5351(self) -> None:
+        config = self.config
+        if not (config.natpmp.enabled or config.pcp.enabled):
+            return
+        addresses = {
+            address: name
+            for address, name in self.lan_addresses().items()
+            if isinstance(address, IPv4Address) or (config.pcp.enabled and config.pcp.ipv6)
+        }
+        if not addresses:
+            log.warn("no LAN address yet: NAT-PMP/PCP will listen once one appears")
+            return
+        try:
+            self.udp5351_ports = listen_udp5351(
+                self.reactor,
+                list(addresses),
+                self.service,
+                self.is_lan,
+                natpmp_enabled=config.natpmp.enabled,
+                pcp_enabled=config.pcp.enabled,
+                interfaces=addresses,
+            )
+        except CannotListenError as error:
+            log.error("cannot listen on UDP 5351: {error}", error=error)
+            return
+        log.info(
+            "NAT-PMP {natpmp}, PCP {pcp}: listening on UDP 5351 at {addresses}",
+            natpmp="on" if config.natpmp.enabled else "off",
+            pcp="on" if config.pcp.enabled else "off",
+            addresses=", ".join(str(a) for a in addresses),
+        )
+
+    def stop_udp5351(self) -> None:
+        for port in self.udp5351_ports:
+            port.stopListening()
+        self.udp5351_ports = []
+
+    def stop_frontends(self) -> None:
+        self.stop_udp5351()
 
     def reload(self) -> None:
         """SIGHUP: read the config again; an invalid one keeps the old and says why."""
@@ -140,8 +206,12 @@ class Daemon:
             for name, item in lan_info.items():
                 if item is None:
                     log.warn("LAN interface {name} does not exist (yet)", name=name)
+            old_addresses = self.lan_addresses()
             self.lan_info = lan_info
             self.service.set_policy(build_policy(self.config, lan_info))
+            if self.lan_addresses() != old_addresses:
+                self.stop_udp5351()
+                self.start_udp5351()
             log.info("LAN prefixes: {prefixes}", prefixes=_prefix_text(self.service.policy.lan))
         if self.config.wan.external_address is None:
             address = external_ipv4(info.get(self.config.wan.interface))
@@ -154,6 +224,7 @@ class Daemon:
                 self.service.set_external_address(address)
 
     def stop(self) -> None:
+        self.stop_frontends()
         keep = self.config.state.keep_mappings_on_stop
         self.service.stop(keep_mappings=keep)
         if self.control_port is not None:
@@ -259,6 +330,7 @@ def start_daemon(config_path: str, config: Config, reactor: Any) -> Daemon:
         service.stop(keep_mappings=True)
         raise StartupError(f"admin socket {config.control.socket}: {error}") from error
     log.info("admin socket listening on {path}", path=config.control.socket)
+    daemon.start_frontends()
     return daemon
 
 

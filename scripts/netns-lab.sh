@@ -68,6 +68,8 @@ up() {
     ip -n "$wan" addr add 2001:db8:ff::2/64 dev eth0 nodad
     ip -n "$wan" link set eth0 up
     ip -n "$wan" -6 route add fd77::/64 via 2001:db8:ff::1
+    # a WAN neighbour that routes the LAN prefix at us (as an attacker upstream could)
+    ip -n "$wan" route add 192.168.77.0/24 via 203.0.113.1
 }
 
 case "$action" in

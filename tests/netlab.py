@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -230,3 +232,65 @@ def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.1) 
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+class GatewayDaemon:
+    """`portgate run` in the lab's gateway namespace with the nft backend."""
+
+    def __init__(self, lab: Lab, directory: Path, extra: str = "") -> None:
+        self.lab = lab
+        self.directory = directory
+        self.config = directory / "portgate.yaml"
+        self.config.write_text(
+            f"""
+wan: {{interface: wan0}}
+lan: [{{interface: br-lan}}]
+state: {{lease_file: {directory}/leases.sqlite3}}
+control: {{socket: {directory}/control.sock}}
+backend: {{type: nft, nft: {{table: portgate, check_interval: 0.5}}}}
+{extra}
+"""
+        )
+        self.log = directory / "daemon.log"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        with self.log.open("a") as log:
+            self.proc = self.lab.spawn(
+                self.lab.gw,
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "run",
+                "--config",
+                str(self.config),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        assert wait_until(lambda: self.ctl("status").returncode == 0, timeout=15), self.log_text()
+
+    def listing(self) -> list[dict[str, object]]:
+        done = self.ctl("list", "--json", "--pinholes")
+        assert done.returncode == 0, done.stderr
+        rows: list[dict[str, object]] = json.loads(done.stdout)
+        return rows
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.lab.run(
+            self.lab.gw,
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            *args,
+            "--socket",
+            str(self.directory / "control.sock"),
+            check=False,
+        )
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signum)
+            self.proc.wait(timeout=15)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from ipaddress import ip_address
 from pathlib import Path
@@ -21,76 +19,13 @@ from tests.netlab import (
     WAN_GW,
     WAN_HOST,
     WAN_HOST2,
+    GatewayDaemon,
     Lab,
     inside,
-    unique_prefix,
     wait_until,
 )
 
 pytestmark = pytest.mark.netns
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab(unique_prefix("t"))
-    lab.up()
-    try:
-        yield lab
-    finally:
-        lab.down()
-
-
-class GatewayDaemon:
-    def __init__(self, lab: Lab, directory: Path) -> None:
-        self.lab = lab
-        self.directory = directory
-        self.config = directory / "portgate.yaml"
-        self.config.write_text(
-            f"""
-wan: {{interface: wan0}}
-lan: [{{interface: br-lan}}]
-state: {{lease_file: {directory}/leases.sqlite3}}
-control: {{socket: {directory}/control.sock}}
-backend: {{type: nft, nft: {{table: portgate, check_interval: 0.5}}}}
-"""
-        )
-        self.log = directory / "daemon.log"
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        with self.log.open("a") as log:
-            self.proc = self.lab.spawn(
-                self.lab.gw,
-                sys.executable,
-                "-m",
-                "gateway.cli",
-                "run",
-                "--config",
-                str(self.config),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        assert wait_until(lambda: self.ctl("status").returncode == 0, timeout=15), self.log_text()
-
-    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.lab.run(
-            self.lab.gw,
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            *args,
-            "--socket",
-            str(self.directory / "control.sock"),
-            check=False,
-        )
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self, signum: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signum)
-            self.proc.wait(timeout=15)
 
 
 @pytest.fixture
