@@ -11,6 +11,8 @@ import os
 import random
 import signal
 import sys
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
@@ -47,6 +49,11 @@ from gateway.service import GatewayService
 from gateway.store import LeaseStore
 from gateway.table import MappingTable
 from protocols.udp5351 import listen_udp5351
+from protocols.upnp.actions import SysfsLinkInfo
+from protocols.upnp.description import UpnpSettings
+from protocols.upnp.http import UpnpFrontEnd
+from protocols.upnp.ssdp import DeviceIdentity, http_location
+from protocols.upnp.ssdp_server import SsdpServer, SsdpSettings
 
 log = Logger(namespace="portgate.daemon")
 
@@ -112,6 +119,9 @@ class Daemon:
     control_port: Any = None
     lan_info: dict[str, InterfaceInfo | None] = field(default_factory=dict)
     udp5351_ports: list[Any] = field(default_factory=list)
+    upnp: UpnpFrontEnd | None = None
+    upnp_ports: list[Any] = field(default_factory=list)
+    ssdp: SsdpServer | None = None
 
     def is_lan(self, address: IPAddress) -> bool:
         """The LAN check the front-ends apply to every source (follows SIGHUP and address
@@ -134,6 +144,94 @@ class Daemon:
 
     def start_frontends(self) -> None:
         self.start_udp5351()
+        self.start_upnp()
+
+    def upnp_uuid(self) -> str:
+        """The root device UUID: configured, or made once and kept in the lease store so it
+        stays the same across restarts."""
+        if self.config.upnp.uuid is not None:
+            return self.config.upnp.uuid
+        stored = self.service.store.get_meta("upnp_uuid")
+        if stored is None:
+            stored = str(uuid.uuid4())
+            self.service.store.set_meta("upnp_uuid", stored)
+        return stored
+
+    def start_upnp(self) -> None:
+        upnp = self.config.upnp
+        if not upnp.enabled:
+            return
+        addresses = [str(a) for a in self.lan_addresses() if isinstance(a, IPv4Address)]
+        if upnp.ipv6:
+            addresses += [str(a) for a in self.lan_addresses() if isinstance(a, IPv6Address)]
+        if not addresses:
+            log.warn("no LAN address yet: UPnP will start once one appears")
+            return
+        if self.upnp is None:
+            settings = UpnpSettings(
+                uuid=self.upnp_uuid(),
+                friendly_name=upnp.friendly_name,
+                igd_version=upnp.igd_version,
+                igd1_user_agents=upnp.igd1_user_agents,
+                ipv6=upnp.ipv6,
+                http_port=upnp.http_port,
+            )
+            self.upnp = UpnpFrontEnd(
+                self.reactor,
+                self.service,
+                settings,
+                self.is_lan,
+                link=SysfsLinkInfo(self.config.wan.interface),
+            )
+        front = self.upnp
+        try:
+            port, self.upnp_ports = front.listen_all(addresses)
+        except CannotListenError as error:
+            log.error("UPnP: cannot listen for HTTP: {error}", error=error)
+            return
+        settings = front.settings
+        identity = DeviceIdentity(
+            root_uuid=settings.uuid,
+            wan_uuid=settings.wan_uuid,
+            wanconn_uuid=settings.wanconn_uuid,
+            server=settings.server,
+            location=http_location(port),
+            boot_id=int(time.time()) & 0x7FFFFFFF,
+            config_id=front.config_id,
+            igd_version=settings.igd_version,
+            max_age=max(1800, 2 * upnp.notify_interval),
+        )
+        links = [info for info in self.lan_info.values() if info is not None]
+        self.ssdp = SsdpServer(
+            self.reactor,
+            links,
+            identity,
+            is_lan=self.is_lan,
+            settings=SsdpSettings(ipv6=upnp.ipv6, notify_interval=upnp.notify_interval),
+        )
+        try:
+            self.ssdp.start()
+        except OSError as error:
+            log.error("UPnP: cannot open the SSDP sockets: {error}", error=error)
+            self.ssdp = None
+        log.info(
+            "UPnP IGD:{version} on port {port} at {addresses}; description {path}",
+            version=settings.igd_version,
+            port=port,
+            addresses=", ".join(addresses),
+            path="/rootDesc.xml",
+        )
+
+    def stop_upnp(self, final: bool) -> None:
+        if self.ssdp is not None:
+            self.ssdp.stop()
+            self.ssdp = None
+        for port in self.upnp_ports:
+            port.stopListening()
+        self.upnp_ports = []
+        if final and self.upnp is not None:
+            self.upnp.stop()
+            self.upnp = None
 
     def start_udp5351(self) -> None:
         config = self.config
@@ -174,6 +272,7 @@ class Daemon:
 
     def stop_frontends(self) -> None:
         self.stop_udp5351()
+        self.stop_upnp(final=True)
 
     def reload(self) -> None:
         """SIGHUP: read the config again; an invalid one keeps the old and says why."""
@@ -212,6 +311,8 @@ class Daemon:
             if self.lan_addresses() != old_addresses:
                 self.stop_udp5351()
                 self.start_udp5351()
+                self.stop_upnp(final=False)
+                self.start_upnp()
             log.info("LAN prefixes: {prefixes}", prefixes=_prefix_text(self.service.policy.lan))
         if self.config.wan.external_address is None:
             address = external_ipv4(info.get(self.config.wan.interface))
