@@ -173,6 +173,8 @@ class Policy:
 
     def clamp_pinhole_lifetime(self, origin: Origin, requested: int) -> int | None:
         lt = self.lifetimes
+        if requested < 0:
+            raise GatewayError(Reason.BAD_LIFETIME, f"negative lifetime {requested}")
         if origin is Origin.STATIC:
             return None if requested == 0 else requested
         if origin is Origin.UPNP:

@@ -222,12 +222,13 @@ class MappingTable:
     def set_external_address(self, address: IPv4Address | None) -> list[Change]:
         """Re-home every port mapping to a new external address (single-WAN gateway).
 
-        While the address is unknown (None) mappings keep their last address; new requests
-        fail with NO_EXTERNAL_ADDRESS.
+        Entries still at another address (e.g. leases restored from the store) move too, also
+        when ``address`` is the current one; entries already there are left alone. While the
+        address is unknown (None) mappings keep their last address; new requests fail with
+        NO_EXTERNAL_ADDRESS.
         """
-        old = self.external_address
         self.external_address = address
-        if address is None or address == old:
+        if address is None:
             return []
         changes: list[Change] = []
         for uid in list(self._port_map_order):
@@ -260,7 +261,7 @@ class MappingTable:
             case UpdatePinhole():
                 return self._update_pinhole(request, now)
             case ClosePinhole():
-                return self._close_pinhole(request)
+                return self._close_pinhole(request, now)
             case GetMapping():
                 found = self.by_key(request.key)
                 if found is None:
@@ -307,23 +308,27 @@ class MappingTable:
         key = MappingKey(r.proto, Endpoint(self.external_address, r.external_port))
         held = self.by_key(key) if r.external_port else None
         if held is not None and self._may_update(owner, held, r.internal):
-            updated = replace(
-                held,
-                internal=r.internal,
-                description=r.description,
-                filters=r.filters,
-                enabled=r.enabled,
-                expires=expires,
-                lifetime=lifetime,
-            )
-            kind = (
-                ChangeKind.REFRESHED
-                if (held.internal, held.filters, held.enabled, held.description)
-                == (updated.internal, updated.filters, updated.enabled, updated.description)
-                else ChangeKind.UPDATED
-            )
-            change = self._swap(held, updated, kind)
-            return Granted(updated, lifetime, created=False), [change]
+            if r.exact:
+                # the new internal endpoint must pass the ACL like a new mapping would
+                self._check_port(owner, r.proto, r.internal, r.external_port)
+            if r.exact or self._allowed(owner, r.proto, r.internal, r.external_port):
+                updated = replace(
+                    held,
+                    internal=r.internal,
+                    description=r.description,
+                    filters=r.filters,
+                    enabled=r.enabled,
+                    expires=expires,
+                    lifetime=lifetime,
+                )
+                kind = (
+                    ChangeKind.REFRESHED
+                    if (held.internal, held.filters, held.enabled, held.description)
+                    == (updated.internal, updated.filters, updated.enabled, updated.description)
+                    else ChangeKind.UPDATED
+                )
+                change = self._swap(held, updated, kind)
+                return Granted(updated, lifetime, created=False), [change]
         if r.exact:
             if held is not None:
                 same_origin = held.owner.origin is owner.origin and not owner.is_admin
@@ -446,6 +451,9 @@ class MappingTable:
         assert self.external_address is not None
         if MappingKey(proto, Endpoint(self.external_address, port)) in self._by_key:
             return False
+        return self._allowed(owner, proto, internal, port)
+
+    def _allowed(self, owner: Owner, proto: Proto, internal: Endpoint, port: int) -> bool:
         if self.policy.is_reserved(proto, port):
             return False
         return owner.is_admin or self.policy.permits(proto, internal, port)
@@ -605,8 +613,8 @@ class MappingTable:
         change = self._swap(mapping, refreshed, ChangeKind.REFRESHED)
         return Granted(refreshed, lifetime, created=False), [change]
 
-    def _close_pinhole(self, r: ClosePinhole) -> tuple[Result, list[Change]]:
-        mapping = self._owned_pinhole(r.owner, r.uid, 0.0)
+    def _close_pinhole(self, r: ClosePinhole, now: float) -> tuple[Result, list[Change]]:
+        mapping = self._owned_pinhole(r.owner, r.uid, now)
         return Removed((mapping,)), [self._remove(mapping)]
 
     # Listing ------------------------------------------------------------------------------
