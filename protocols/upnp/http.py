@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from ipaddress import ip_address
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -485,14 +486,29 @@ class _UpnpSite(Site):
     noisy = False
     displayTracebacks = False
 
-    def __init__(self, resource: Resource, reactor: Any = None) -> None:
+    def __init__(
+        self,
+        resource: Resource,
+        reactor: Any = None,
+        is_lan: Callable[[IPAddress], bool] | None = None,
+    ) -> None:
         parent: Any = super()  # twisted.web's Site is untyped
         parent.__init__(resource, _BoundedRequest, timeout=IDLE_TIMEOUT, reactor=reactor)
         self.protocol = _Channel  # type: ignore[assignment]
         self._open: dict[str, int] = {}
+        self._is_lan = is_lan
 
     def buildProtocol(self, addr: Any) -> Any:
         host = str(getattr(addr, "host", ""))
+        if self._is_lan is not None:
+            try:
+                peer: IPAddress | None = ip_address(host.split("%", 1)[0])
+            except ValueError:
+                peer = None
+            if peer is None or not self._is_lan(peer):
+                # not a LAN host: close at once, say nothing (protocols.md §8.1)
+                log.debug("upnp http: dropped a connection from {peer}", peer=host)
+                return None
         total = sum(self._open.values())
         if total >= MAX_CONNECTIONS or self._open.get(host, 0) >= MAX_CONNECTIONS_PER_PEER:
             log.debug("upnp http: too many connections, refused {peer}", peer=host)
@@ -519,7 +535,7 @@ class _UpnpSite(Site):
 def build_site(front: UpnpFrontEnd) -> Site:
     """A twisted.web site serving ``front`` (``front.site`` is the one its listeners share,
     so the connection limits hold across LAN addresses)."""
-    return _UpnpSite(front.resource, reactor=front.reactor)
+    return _UpnpSite(front.resource, reactor=front.reactor, is_lan=front.is_lan)
 
 
 def listen_http(reactor: Any, address: str, port: int, front: UpnpFrontEnd) -> Any:

@@ -1,0 +1,197 @@
+"""End to end: the daemon in the lab's gateway, found by SSDP multicast and driven over SOAP by
+real UPnP clients on the LAN host: Debian's upnpc (miniupnpc), libtorrent's UPnP and
+async-upnp-client; with real traffic from the WAN host and nothing answered on the WAN."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.netlab import (
+    GW_LAN,
+    LAN2_HOST,
+    LAN_HOST,
+    WAN_GW,
+    GatewayDaemon,
+    Lab,
+    inside,
+)
+
+pytestmark = [pytest.mark.netns, pytest.mark.e2e]
+
+
+@pytest.fixture
+def daemon(lab: Lab, tmp_path: Path) -> Iterator[GatewayDaemon]:
+    d = GatewayDaemon(lab, tmp_path)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop(signal.SIGKILL)
+
+
+def upnpc(lab: Lab, namespace: str, *args: str) -> str:
+    # -i: the lab's external address is a documentation address, which upnpc would refuse
+    done = lab.run(namespace, "timeout", "30", "upnpc", "-i", *args, check=False)
+    return done.stdout + done.stderr
+
+
+def http_port(daemon: GatewayDaemon) -> int:
+    found = re.search(r"UPnP IGD:\d on port (\d+)", daemon.log_text())
+    assert found, daemon.log_text()
+    return int(found.group(1))
+
+
+def test_upnpc_discovers_the_gateway_by_ssdp_and_reads_it(lab: Lab, daemon: GatewayDaemon) -> None:
+    out = upnpc(lab, lab.lan, "-s")
+    assert f"http://{GW_LAN}:" in out
+    assert "ExternalIPAddress = 203.0.113.1" in out
+    assert "Connected" in out
+
+
+def test_upnpc_maps_ports_that_carry_traffic_until_deleted(lab: Lab, daemon: GatewayDaemon) -> None:
+    out = upnpc(lab, lab.lan, "-e", "e2e tcp", "-a", LAN_HOST, "8000", "8080", "TCP", "3600")
+    assert "is redirected to internal 192.168.77.10:8000" in out, out
+    out = upnpc(lab, lab.lan, "-a", LAN_HOST, "8001", "8081", "UDP", "3600")
+    assert "is redirected" in out, out
+    listing = upnpc(lab, lab.lan, "-l")
+    assert "8080->192.168.77.10:8000" in listing and "'e2e tcp'" in listing
+    assert lab.reaches(lab.wan, lab.lan, "tcp", (WAN_GW, 8080), 8000)
+    assert lab.reaches(lab.wan, lab.lan, "udp", (WAN_GW, 8081), 8001)
+    rows = daemon.listing()
+    assert {(r["origin"], r["client"]) for r in rows} == {("upnp", LAN_HOST)}
+    assert "UPNP_DeletePortMapping() returned : 0" in upnpc(lab, lab.lan, "-d", "8080", "TCP")
+    assert not lab.reaches(lab.wan, lab.lan, "tcp", (WAN_GW, 8080), 8000)
+    assert [r["external"] for r in daemon.listing()] == [f"{WAN_GW}:8081"]
+
+
+def test_upnpc_cannot_map_for_another_host_or_take_its_port(
+    lab: Lab, daemon: GatewayDaemon
+) -> None:
+    out = upnpc(lab, lab.lan2, "-a", LAN_HOST, "8000", "8090", "TCP", "600")
+    assert "is redirected" not in out
+    assert "606" in out or "718" in out, out
+    assert "is redirected" in upnpc(lab, lab.lan, "-a", LAN_HOST, "8000", "8091", "TCP", "600")
+    taken = upnpc(lab, lab.lan2, "-a", LAN2_HOST, "8000", "8091", "TCP", "600")
+    assert "718" in taken, taken
+    refused = upnpc(lab, lab.lan2, "-d", "8091", "TCP")
+    assert "returned : 0" not in refused
+    assert [r["external"] for r in daemon.listing()] == [f"{WAN_GW}:8091"]
+
+
+def test_nothing_answers_ssdp_or_http_from_the_wan(lab: Lab, daemon: GatewayDaemon) -> None:
+    port = http_port(daemon)
+    search = (
+        b'M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: "ssdp:discover"\r\n'
+        b"MX: 1\r\nST: ssdp:all\r\n\r\n"
+    )
+    with inside(lab.wan):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(2.5)
+        try:
+            for target in (WAN_GW, GW_LAN):
+                sock.sendto(search, (target, 1900))
+            with pytest.raises(TimeoutError):
+                sock.recvfrom(4096)
+        finally:
+            sock.close()
+        for target in (WAN_GW, GW_LAN):
+            with pytest.raises(OSError):
+                conn = socket.create_connection((target, port), timeout=2)
+                try:
+                    conn.sendall(b"GET /rootDesc.xml HTTP/1.1\r\nHost: x\r\n\r\n")
+                    conn.settimeout(2)
+                    if not conn.recv(100):
+                        raise ConnectionResetError("closed without an answer")
+                finally:
+                    conn.close()
+
+
+def test_libtorrent_maps_its_listen_port_by_upnp(lab: Lab, daemon: GatewayDaemon) -> None:
+    script = textwrap.dedent(
+        """
+        import time, libtorrent as lt
+        s = lt.session({
+            "listen_interfaces": "0.0.0.0:6882",
+            "enable_upnp": True, "enable_natpmp": False, "enable_lsd": False,
+            "enable_dht": False,
+            "alert_mask": lt.alert.category_t.port_mapping_notification
+                | lt.alert.category_t.error_notification,
+        })
+        deadline = time.time() + 40
+        while time.time() < deadline:
+            s.wait_for_alert(500)
+            for a in s.pop_alerts():
+                print(type(a).__name__, a.message(), flush=True)
+                if isinstance(a, lt.portmap_alert):
+                    print("MAPPED", a.external_port, flush=True)
+        """
+    )
+    proc = lab.spawn(
+        lab.lan, sys.executable, "-c", script, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    mapped = 0
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("MAPPED"):
+            mapped = int(line.split()[1])
+            break
+    try:
+        assert mapped, "".join(lines)
+        rows = daemon.listing()
+        assert any(r["origin"] == "upnp" and r["internal"] == f"{LAN_HOST}:6882" for r in rows), (
+            rows
+        )
+        with inside(lab.wan):
+            socket.create_connection((WAN_GW, mapped), timeout=3).close()
+    finally:
+        proc.kill()
+
+
+def test_async_upnp_client_finds_the_gateway_and_maps_a_port(
+    lab: Lab, daemon: GatewayDaemon
+) -> None:
+    script = textwrap.dedent(
+        """
+        import asyncio, datetime, ipaddress
+        from async_upnp_client.aiohttp import AiohttpRequester
+        from async_upnp_client.client_factory import UpnpFactory
+        from async_upnp_client.profiles.igd import IgdDevice
+        from async_upnp_client.search import async_search
+
+        async def main():
+            found = []
+            async def on_response(headers):
+                found.append(headers["location"])
+            await async_search(on_response, timeout=3,
+                               search_target="urn:schemas-upnp-org:device:InternetGatewayDevice:2",
+                               source=("192.168.77.10", 0))
+            assert found, "no SSDP answer"
+            factory = UpnpFactory(AiohttpRequester())
+            device = await factory.async_create_device(found[0])
+            igd = IgdDevice(device, None)
+            print("EXTERNAL", await igd.async_get_external_ip_address())
+            await igd.async_add_port_mapping(
+                remote_host=ipaddress.IPv4Address("0.0.0.0"), external_port=8500,
+                protocol="TCP", internal_port=8500,
+                internal_client=ipaddress.IPv4Address("192.168.77.10"), enabled=True,
+                description="async-upnp-client", lease_duration=datetime.timedelta(seconds=600))
+            print("COUNT", await igd.async_get_port_mapping_number_of_entries())
+        asyncio.run(main())
+        """
+    )
+    out = lab.python(lab.lan, script, timeout=60)
+    assert "EXTERNAL 203.0.113.1" in out
+    [row] = daemon.listing()
+    assert row["external"] == f"{WAN_GW}:8500" and row["description"] == "async-upnp-client"
+    assert lab.reaches(lab.wan, lab.lan, "tcp", (WAN_GW, 8500), 8500)
