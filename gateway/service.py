@@ -47,6 +47,9 @@ class _Pending:
     changes: list[Change]
     result: Result | None = None
     waiter: Deferred[Result] | None = None
+    #: an external address change: what it was before (restored if the commit fails) and the
+    #: event to publish once the re-homed mappings are committed
+    address_change: ExternalAddressChanged | None = None
 
 
 @dataclass
@@ -265,9 +268,11 @@ class GatewayService:
             return
         changes = self.table.set_external_address(address)
         log.info("external address {old} -> {new}", old=old, new=address)
+        event = ExternalAddressChanged(old, address)
         if changes:
-            self._enqueue(_Pending(changes))
-        self._publish(ExternalAddressChanged(old, address))
+            self._enqueue(_Pending(changes, address_change=event))
+        else:
+            self._publish(event)
 
     # -- committing -------------------------------------------------------------------------
 
@@ -287,6 +292,11 @@ class GatewayService:
             self._commit(changes, kernel, now, wall)
         except (BackendError, StoreError) as error:
             self.table.revert(changes)
+            for item in reversed(batch):
+                if item.address_change is not None:
+                    # the mappings are back at the old address; so is the table's idea of
+                    # it (the network re-check will try the change again)
+                    self.table.external_address = item.address_change.old
             self.stats.failed_batches += 1
             self.stats.last_error = str(error)
             self._retry_after = now + RETRY_DELAY
@@ -305,6 +315,9 @@ class GatewayService:
         for change in changes:
             self.stats.by_kind[change.kind.value] = self.stats.by_kind.get(change.kind.value, 0) + 1
             log.info("{line}", line=describe_change(change, now), change=change)
+        for item in batch:
+            if item.address_change is not None:
+                self._publish(item.address_change)
         self._publish(MappingsChanged(tuple(changes)))
         for item in batch:
             if item.waiter is not None and item.result is not None:

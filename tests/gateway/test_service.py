@@ -230,3 +230,21 @@ def test_status_reports_counts_and_backend(rig: Rig) -> None:
     assert status["external_address"] == str(EXTERNAL)
     backend = status["backend"]
     assert isinstance(backend, dict) and backend["name"] == "memory" and backend["healthy"]
+
+
+def test_a_failed_address_change_leaves_the_old_address_in_force(rig: Rig) -> None:
+    rig.result(rig.service.handle(natpmp_map(8080)))
+    rig.events.clear()
+    rig.backend.fail_next()
+    rig.service.set_external_address(IPv4Address("198.51.100.7"))
+    rig.reactor.advance(0)
+    assert rig.service.external_address == EXTERNAL
+    assert [m.external.address for m in rig.table] == [EXTERNAL]
+    assert not any(isinstance(e, ExternalAddressChanged) for e in rig.events)
+    granted = rig.result(rig.service.handle(natpmp_map(8081, client="192.168.1.11")))
+    assert isinstance(granted, Granted) and granted.mapping.external.address == EXTERNAL
+    # a later try goes through, and only then is the change announced
+    rig.service.set_external_address(IPv4Address("198.51.100.7"))
+    rig.reactor.advance(0)
+    assert {m.external.address for m in rig.table} == {IPv4Address("198.51.100.7")}
+    assert ExternalAddressChanged(EXTERNAL, IPv4Address("198.51.100.7")) in rig.events
