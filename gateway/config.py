@@ -358,6 +358,7 @@ class NftConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     snat_priority: _PRIORITY = 100
     forward_priority: _PRIORITY = 0
     hairpin: bool = True
+    ipv6_firewall: bool = False
     check_interval: Annotated[float, msgspec.Meta(ge=0.5, le=60)] = 2.0
 
 

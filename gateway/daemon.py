@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
@@ -125,8 +126,35 @@ class Daemon:
 
     def is_lan(self, address: IPAddress) -> bool:
         """The LAN check the front-ends apply to every source (follows SIGHUP and address
-        changes, since it reads the current policy)."""
+        changes, since it reads the current policy). A link-local IPv6 source counts only with
+        the zone of a LAN interface (it cannot have been routed from elsewhere)."""
+        if isinstance(address, IPv6Address) and address.is_link_local:
+            scope = address.scope_id
+            return scope is not None and scope in self.lan_scopes()
         return self.service.policy.lan.contains(address)
+
+    def lan_scopes(self) -> set[str]:
+        scopes: set[str] = set()
+        for name, info in self.lan_info.items():
+            if info is not None:
+                scopes.update((name, str(info.index)))
+        return scopes
+
+    def location_address(self, local: IPAddress) -> IPAddress:
+        """The address to put in SSDP's LOCATION for a message sent from ``local``: for a
+        link-local source, a ULA or global address of the same interface when it has one (as
+        miniupnpd does), so that clients come back from an address that is theirs in the
+        table rather than from their own link-local one."""
+        if not (isinstance(local, IPv6Address) and local.is_link_local):
+            return local
+        bare = IPv6Address(str(local).split("%", 1)[0])
+        for info in self.lan_info.values():
+            if info is None or bare not in {i.ip for i in info.ipv6}:
+                continue
+            for iface in info.ipv6:
+                if not (iface.ip.is_link_local or iface.ip.is_loopback):
+                    return iface.ip
+        return local
 
     def lan_addresses(self) -> dict[IPAddress, str]:
         """The gateway's own addresses on the LAN interfaces, with their interface names."""
@@ -135,11 +163,14 @@ class Daemon:
             if info is None:
                 continue
             for iface in info.addresses:
-                if iface.ip.is_loopback:
+                address = iface.ip
+                if address.is_loopback:
                     continue
-                if isinstance(iface.ip, IPv6Address) and iface.ip.is_link_local:
-                    continue
-                found[iface.ip] = name
+                if isinstance(address, IPv6Address) and address.is_link_local:
+                    # IPv6 clients reach their router at its link-local address (SSDP on
+                    # ff02::c announces it; PCP clients ask the default router): keep the zone
+                    address = IPv6Address(f"{address}%{name}")
+                found[address] = name
         return found
 
     def start_frontends(self) -> None:
@@ -195,7 +226,7 @@ class Daemon:
             wan_uuid=settings.wan_uuid,
             wanconn_uuid=settings.wanconn_uuid,
             server=settings.server,
-            location=http_location(port),
+            location=self._location(http_location(port)),
             boot_id=int(time.time()) & 0x7FFFFFFF,
             config_id=front.config_id,
             igd_version=settings.igd_version,
@@ -222,6 +253,12 @@ class Daemon:
             path="/rootDesc.xml",
         )
 
+    def _location(self, base: Callable[[IPAddress], str]) -> Callable[[IPAddress], str]:
+        def location(local: IPAddress) -> str:
+            return base(self.location_address(local))
+
+        return location
+
     def stop_upnp(self, final: bool) -> None:
         if self.ssdp is not None:
             self.ssdp.stop()
@@ -237,10 +274,13 @@ class Daemon:
         config = self.config
         if not (config.natpmp.enabled or config.pcp.enabled):
             return
+        # Twisted's UDP port cannot bind a zoned (link-local) IPv6 address: PCP over IPv6
+        # listens on the LAN's ULA and global addresses
         addresses = {
             address: name
             for address, name in self.lan_addresses().items()
-            if isinstance(address, IPv4Address) or (config.pcp.enabled and config.pcp.ipv6)
+            if isinstance(address, IPv4Address)
+            or (config.pcp.enabled and config.pcp.ipv6 and not address.is_link_local)
         }
         if not addresses:
             log.warn("no LAN address yet: NAT-PMP/PCP will listen once one appears")
@@ -375,6 +415,8 @@ def build_backend(config: Config) -> Backend:
         forward_priority=nft.forward_priority,
         hairpin=nft.hairpin,
         lan_interfaces=tuple(lan.interface for lan in config.lan),
+        wan_interface=config.wan.interface,
+        ipv6_firewall=nft.ipv6_firewall,
     )
     return NftBackend(layout)
 

@@ -237,17 +237,20 @@ def wait_until(predicate: object, timeout: float = 10.0, interval: float = 0.1) 
 class GatewayDaemon:
     """`portgate run` in the lab's gateway namespace with the nft backend."""
 
-    def __init__(self, lab: Lab, directory: Path, extra: str = "") -> None:
+    def __init__(
+        self, lab: Lab, directory: Path, extra: str = "", ipv6_firewall: bool = False
+    ) -> None:
         self.lab = lab
         self.directory = directory
         self.config = directory / "portgate.yaml"
+        firewall = "true" if ipv6_firewall else "false"
         self.config.write_text(
             f"""
 wan: {{interface: wan0}}
 lan: [{{interface: br-lan}}]
 state: {{lease_file: {directory}/leases.sqlite3}}
 control: {{socket: {directory}/control.sock}}
-backend: {{type: nft, nft: {{table: portgate, check_interval: 0.5}}}}
+backend: {{type: nft, nft: {{table: portgate, check_interval: 0.5, ipv6_firewall: {firewall}}}}}
 {extra}
 """
         )

@@ -46,6 +46,10 @@ class Layout:
     forward_priority: int = 0
     hairpin: bool = True
     lan_interfaces: tuple[str, ...] = ()
+    #: the WAN interface; with ``ipv6_firewall`` new inbound IPv6 connections from it to the
+    #: LAN are dropped unless a pinhole admits them (for gateways with no firewall of their own)
+    wan_interface: str = ""
+    ipv6_firewall: bool = False
 
 
 # -- skeleton ------------------------------------------------------------------------------
@@ -57,7 +61,8 @@ class Layout:
 
 def expected_rules(layout: Layout) -> dict[str, int]:
     """How many rules each of our chains holds when intact."""
-    return {"prerouting": 2, "postrouting": 1 if layout.hairpin else 0, "forward": 3}
+    forward = 3 + (3 if layout.ipv6_firewall else 0)
+    return {"prerouting": 2, "postrouting": 1 if layout.hairpin else 0, "forward": forward}
 
 
 def skeleton_text(layout: Layout) -> str:
@@ -67,6 +72,15 @@ def skeleton_text(layout: Layout) -> str:
     hairpin = (
         f"        ct status dnat iifname @{LAN_IFACES} oifname @{LAN_IFACES} masquerade {c}\n"
         if layout.hairpin
+        else ""
+    )
+    inbound = f'meta nfproto ipv6 iifname "{layout.wan_interface}" oifname @{LAN_IFACES}'
+    firewall = (
+        f"        {inbound} ct state established,related accept {c}\n"
+        f"        {inbound} icmpv6 type {{ destination-unreachable, packet-too-big,"
+        f" time-exceeded, parameter-problem, echo-request }} accept {c}\n"
+        f"        {inbound} drop {c}\n"
+        if layout.ipv6_firewall
         else ""
     )
     lan = ", ".join(f'"{name}"' for name in layout.lan_interfaces)
@@ -110,6 +124,7 @@ def skeleton_text(layout: Layout) -> str:
         f"        {l4} ip6 daddr . meta l4proto . th dport @{PIN6} accept {c}\n"
         f"        {l4} ip6 saddr . th sport . ip6 daddr . meta l4proto . th dport"
         f" @{PIN6_PEER} accept {c}\n"
+        f"{firewall}"
         "    }\n"
         "}\n"
     )

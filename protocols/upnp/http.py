@@ -20,7 +20,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from ipaddress import ip_address
+from ipaddress import IPv6Address, ip_address
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -234,6 +234,19 @@ def _peer(request: Any) -> IPAddress | None:
         return None
 
 
+def scoped_peer(addr: Any) -> IPAddress | None:
+    """The peer of a Twisted address, with the zone kept for link-local IPv6 (so the LAN check
+    can tell which interface it came in on)."""
+    try:
+        peer = client_address(str(addr.host))
+    except (AttributeError, ValueError):
+        return None
+    scope = getattr(addr, "scopeID", 0)
+    if isinstance(peer, IPv6Address) and peer.is_link_local and scope:
+        return ip_address(f"{peer}%{scope}")
+    return peer
+
+
 class UpnpResource(Resource):
     """One resource for every path: routing is a dictionary lookup, checks come first."""
 
@@ -295,7 +308,7 @@ class UpnpResource(Resource):
             raise _Refused(403)
 
     def _render(self, request: Any) -> bytes | int:
-        client = _peer(request)
+        client = scoped_peer(request.getClientAddress())
         if client is None or not self.front.is_lan(client):
             log.debug("upnp http: refused a request from {peer}", peer=client)
             raise _Refused(403)
@@ -501,10 +514,7 @@ class _UpnpSite(Site):
     def buildProtocol(self, addr: Any) -> Any:
         host = str(getattr(addr, "host", ""))
         if self._is_lan is not None:
-            try:
-                peer: IPAddress | None = ip_address(host.split("%", 1)[0])
-            except ValueError:
-                peer = None
+            peer = scoped_peer(addr)
             if peer is None or not self._is_lan(peer):
                 # not a LAN host: close at once, say nothing (protocols.md §8.1)
                 log.debug("upnp http: dropped a connection from {peer}", peer=host)
