@@ -56,6 +56,10 @@ from gateway.requests import (
 )
 
 _K = TypeVar("_K")
+
+#: UPnP pinhole UniqueIDs are 16-bit; port mappings take ids above that range.
+PINHOLE_ID_MAX = 65535
+FIRST_PORT_MAP_UID = PINHOLE_ID_MAX + 1
 InternalKey = tuple[Proto, IPAddress, int]
 PinholeKey = tuple[Proto, Endpoint, tuple[RemoteFilter, ...]]
 
@@ -85,7 +89,8 @@ class MappingTable:
         self._by_client: dict[IPAddress, set[int]] = {}
         self._pinholes: dict[PinholeKey, int] = {}
         self._deadlines: list[tuple[float, int]] = []
-        self._next_uid = 1
+        self._next_uid = FIRST_PORT_MAP_UID
+        self._pinhole_cursor = 1
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -125,7 +130,7 @@ class MappingTable:
         self._by_client.setdefault(mapping.owner.client, set()).add(uid)
         if mapping.expires is not None:
             heapq.heappush(self._deadlines, (mapping.expires, uid))
-        if uid >= self._next_uid:
+        if mapping.kind is Kind.PORT_MAP and uid >= self._next_uid:
             self._next_uid = uid + 1
 
     def _drop(self, mapping: Mapping) -> None:
@@ -194,9 +199,20 @@ class MappingTable:
         return dropped
 
     def _new_uid(self) -> int:
+        """Port mappings: ids from 65536 up, in creation order (GetGenericPortMappingEntry)."""
         uid = self._next_uid
         self._next_uid += 1
         return uid
+
+    def _new_pinhole_uid(self) -> int:
+        """Pinholes: ids in 1-65535, since UPnP's UniqueID is a ui2; the next free one after
+        the last given, wrapping round, so a long-lived gateway never runs out."""
+        for step in range(PINHOLE_ID_MAX):
+            uid = (self._pinhole_cursor - 1 + step) % PINHOLE_ID_MAX + 1
+            if uid not in self._by_uid:
+                self._pinhole_cursor = uid % PINHOLE_ID_MAX + 1
+                return uid
+        raise GatewayError(Reason.TABLE_FULL, "every pinhole id is in use")
 
     # -- time ------------------------------------------------------------------------------
 
@@ -579,7 +595,7 @@ class MappingTable:
             raise GatewayError(Reason.CONFLICT, "an identical pinhole exists")
         self._check_quota(owner)
         mapping = Mapping(
-            uid=self._new_uid(),
+            uid=self._new_pinhole_uid(),
             kind=Kind.PINHOLE,
             key=MappingKey(r.proto, r.internal),
             internal=r.internal,

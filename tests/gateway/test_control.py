@@ -203,7 +203,7 @@ def test_list_shows_port_maps_sorted_without_pinholes_or_nonces(conn: Conn) -> N
         "ok": True,
         "mappings": [
             {
-                "uid": 2,
+                "uid": 65537,
                 "kind": "port_map",
                 "proto": "tcp",
                 "external": "203.0.113.1:2222",
@@ -216,7 +216,7 @@ def test_list_shows_port_maps_sorted_without_pinholes_or_nonces(conn: Conn) -> N
                 "lifetime_remaining": 7200,
             },
             {
-                "uid": 1,
+                "uid": 65536,
                 "kind": "port_map",
                 "proto": "udp",
                 "external": "203.0.113.1:5000",
@@ -238,7 +238,7 @@ def test_list_with_pinholes_shows_them_and_never_a_nonce(conn: Conn) -> None:
     answer = json.loads(raw)
     pinholes = [m for m in answer["mappings"] if m["kind"] == "pinhole"]
     assert [(m["uid"], m["internal"], m["external"]) for m in pinholes] == [
-        (3, "[2001:db8:1::30]:443", "[2001:db8:1::30]:443")
+        (1, "[2001:db8:1::30]:443", "[2001:db8:1::30]:443")
     ]
     assert b"nonce" not in raw
     assert NONCE.hex().encode() not in raw
@@ -247,9 +247,9 @@ def test_list_with_pinholes_shows_them_and_never_a_nonce(conn: Conn) -> None:
 
 def test_list_filters_by_client_and_proto(conn: Conn) -> None:
     by_client = conn.ask({"cmd": "list", "client": PCP_CLIENT})
-    assert [m["uid"] for m in by_client["mappings"]] == [2]
+    assert [m["uid"] for m in by_client["mappings"]] == [65537]
     by_proto = conn.ask({"cmd": "list", "proto": "udp"})
-    assert [m["uid"] for m in by_proto["mappings"]] == [1]
+    assert [m["uid"] for m in by_proto["mappings"]] == [65536]
     nothing = conn.ask({"cmd": "list", "client": "192.168.1.99", "proto": None})
     assert nothing == {"ok": True, "mappings": []}
 
@@ -269,7 +269,7 @@ def test_add_creates_a_permanent_static_mapping_owned_by_the_admin(
     )
     assert answer["ok"] is True
     assert answer["mapping"] == {
-        "uid": 4,
+        "uid": 65538,
         "kind": "port_map",
         "proto": "tcp",
         "external": "203.0.113.1:8080",
@@ -321,7 +321,7 @@ def test_delete_by_port_removes_any_owners_mapping(conn: Conn) -> None:
     answer = conn.ask({"cmd": "delete", "proto": "tcp", "external_port": 2222})
     assert answer["ok"] is True
     assert answer["removed"] == 1
-    assert [m["uid"] for m in answer["mappings"]] == [2]
+    assert [m["uid"] for m in answer["mappings"]] == [65537]
     again = conn.ask({"cmd": "delete", "proto": "tcp", "external_port": 2222})
     assert again == {
         "ok": False,
@@ -337,10 +337,10 @@ def test_delete_by_port_needs_the_external_address(connect: Callable[..., Conn])
 
 
 def test_delete_by_uid_closes_a_pinhole(conn: Conn, admin: TableAdmin) -> None:
-    answer = conn.ask({"cmd": "delete", "uid": 3})
+    answer = conn.ask({"cmd": "delete", "uid": 1})
     assert (answer["ok"], answer["removed"]) == (True, 1)
-    assert admin.table.get(3) is None
-    port_map = conn.ask({"cmd": "delete", "uid": 1})
+    assert admin.table.get(1) is None
+    port_map = conn.ask({"cmd": "delete", "uid": 65536})
     assert (port_map["ok"], port_map["error"]) == (False, "not_found")
 
 
@@ -994,7 +994,7 @@ def test_the_client_and_the_server_agree_end_to_end(
     assert run("add", "tcp", "8080", "192.168.1.10:80", "--lifetime", "3600", "--socket", path) == 0
     assert run("add", "udp", "5000", "192.168.1.10:5000", "--socket", path) == 1
     assert run("list", "--socket", path) == 0
-    assert run("delete", "--uid", "3", "--socket", path) == 0
+    assert run("delete", "--uid", "1", "--socket", path) == 0
     assert run("flush", "--socket", path) == 0
     captured = capsys.readouterr()
     assert captured.err == (
@@ -1010,7 +1010,7 @@ def test_the_client_and_the_server_agree_end_to_end(
         ["tcp", "203.0.113.1:8080"],
         ["udp", "203.0.113.1:5000"],
     ]
-    assert out[5] == "deleted tcp pinhole #3 to [2001:db8:1::30]:443"
+    assert out[5] == "deleted tcp pinhole #1 to [2001:db8:1::30]:443"
     assert out[6] == "removed 3 mappings"
     assert len(admin.table) == 0
 

@@ -1331,7 +1331,7 @@ def test_a_pcp_pinhole_is_deleted_with_its_nonce_only(table: MappingTable) -> No
 # -- rollback --------------------------------------------------------------------------------------
 
 
-POPULATED_PINHOLE_UID = 5
+POPULATED_PINHOLE_UID = 1  # pinholes take ids in 1-65535, port maps from 65536
 
 
 def _populated() -> MappingTable:
