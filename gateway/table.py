@@ -323,7 +323,14 @@ class MappingTable:
 
         key = MappingKey(r.proto, Endpoint(self.external_address, r.external_port))
         held = self.by_key(key) if r.external_port else None
-        if held is not None and self._may_update(owner, held, r.internal):
+        # AddPortMapping updates the client's own entry in place (even to another internal
+        # port); AddAnyPortMapping only refreshes the very same mapping, and otherwise wants a
+        # port of its own rather than to take over one the client uses for something else
+        if (
+            held is not None
+            and self._may_update(owner, held, r.internal)
+            and (r.exact or held.internal == r.internal)
+        ):
             if r.exact:
                 # the new internal endpoint must pass the ACL like a new mapping would
                 self._check_port(owner, r.proto, r.internal, r.external_port)

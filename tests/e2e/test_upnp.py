@@ -195,3 +195,78 @@ def test_async_upnp_client_finds_the_gateway_and_maps_a_port(
     [row] = daemon.listing()
     assert row["external"] == f"{WAN_GW}:8500" and row["description"] == "async-upnp-client"
     assert lab.reaches(lab.wan, lab.lan, "tcp", (WAN_GW, 8500), 8500)
+
+
+def test_upnpc_add_any_and_delete_range(lab: Lab, daemon: GatewayDaemon) -> None:
+    assert "is redirected" in upnpc(lab, lab.lan, "-a", LAN_HOST, "8100", "8100", "TCP", "600")
+    # AddAnyPortMapping for a port the host already holds for another internal port
+    out = upnpc(lab, lab.lan, "-n", LAN_HOST, "8101", "8100", "TCP", "600")
+    found = re.search(r"external 203\.0\.113\.1:(\d+) TCP is redirected", out)
+    assert found, out
+    other = int(found.group(1))
+    assert other != 8100
+    assert lab.reaches(lab.wan, lab.lan, "tcp", (WAN_GW, other), 8101)
+    assert len(daemon.listing()) == 2
+    upnpc(lab, lab.lan, "-N", "8000", "9000", "TCP")
+    assert daemon.listing() == []
+
+
+def test_the_miniupnpc_python_module_maps_a_port(lab: Lab, daemon: GatewayDaemon) -> None:
+    out = lab.python(
+        lab.lan,
+        """
+        import miniupnpc
+        u = miniupnpc.UPnP()
+        u.discoverdelay = 2000
+        assert u.discover() >= 1
+        u.selectigd()
+        print("EXTERNAL", u.externalipaddress())
+        print("ADDED", u.addportmapping(8200, "UDP", "192.168.77.10", 8200, "miniupnpc module", ""))
+        print("ENTRY", u.getspecificportmapping(8200, "UDP"))
+        """,
+        timeout=60,
+    )
+    assert "EXTERNAL 203.0.113.1" in out and "ADDED True" in out, out
+    assert "('192.168.77.10', 8200, 'miniupnpc module'" in out, out
+    assert lab.reaches(lab.wan, lab.lan, "udp", (WAN_GW, 8200), 8200)
+
+
+def test_a_windows_client_gets_the_igd1_view_and_can_map(lab: Lab, daemon: GatewayDaemon) -> None:
+    port = http_port(daemon)
+    windows = "Microsoft-Windows/10.0 UPnP/1.0"
+    out = lab.python(
+        lab.lan,
+        f"""
+        import http.client
+        c = http.client.HTTPConnection("{GW_LAN}", {port}, timeout=5)
+        c.request("GET", "/rootDesc.xml", headers={{"User-Agent": "{windows}"}})
+        r = c.getresponse(); body = r.read().decode()
+        print("STATUS", r.status)
+        print("IGD1", "InternetGatewayDevice:1" in body, "IGD2", "InternetGatewayDevice:2" in body)
+        print("V6FC", "WANIPv6FirewallControl" in body)
+        import re
+        control = re.search(r"WANIPConnection:1</serviceType>.*?<controlURL>([^<]+)<", body, re.S)
+        envelope = (
+            '<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"'
+            ' s:encodingStyle="http://schemas.xmlsoap.org/soap/encoding/"><s:Body>'
+            '<u:AddPortMapping xmlns:u="urn:schemas-upnp-org:service:WANIPConnection:1">'
+            '<NewRemoteHost></NewRemoteHost><NewExternalPort>8300</NewExternalPort>'
+            '<NewProtocol>TCP</NewProtocol><NewInternalPort>8300</NewInternalPort>'
+            '<NewInternalClient>192.168.77.10</NewInternalClient><NewEnabled>1</NewEnabled>'
+            '<NewPortMappingDescription>xbox</NewPortMappingDescription>'
+            '<NewLeaseDuration>0</NewLeaseDuration></u:AddPortMapping></s:Body></s:Envelope>'
+        )
+        c = http.client.HTTPConnection("{GW_LAN}", {port}, timeout=5)
+        c.request("POST", control.group(1), body=envelope, headers={{
+            "User-Agent": "{windows}", "Content-Type": 'text/xml; charset="utf-8"',
+            "SOAPACTION": '"urn:schemas-upnp-org:service:WANIPConnection:1#AddPortMapping"'}})
+        print("SOAP", c.getresponse().status)
+        """,
+    )
+    assert "STATUS 200" in out
+    assert "IGD1 True IGD2 False" in out and "V6FC False" in out, out
+    assert "SOAP 200" in out, out
+    [row] = daemon.listing()
+    assert row["external"] == f"{WAN_GW}:8300"
+    assert row["lifetime_remaining"] is None  # IGD:1 lease 0 is permanent
+    assert lab.reaches(lab.wan, lab.lan, "tcp", (WAN_GW, 8300), 8300)

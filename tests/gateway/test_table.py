@@ -1433,3 +1433,12 @@ def test_a_reverted_delete_is_found_again_by_its_internal_endpoint(table: Mappin
     table.revert(changes)
     refreshed = granted(table, natpmp(port=0, lifetime=100), now=20.0)
     assert (refreshed.uid, refreshed.external) == (mapping.uid, mapping.external)
+
+
+def test_add_any_for_another_internal_port_gets_its_own_port(table: MappingTable) -> None:
+    first = granted(table, upnp(f"{HOST}:5000", 6000))
+    second = granted(table, upnp(f"{HOST}:5001", 6000, exact=False))
+    assert second.external.port != 6000
+    assert table.get(first.uid) == first  # the first mapping is untouched
+    again = table.apply(upnp(f"{HOST}:5000", 6000, exact=False, lifetime=60), 0.0)[0]
+    assert isinstance(again, Granted) and again.mapping.uid == first.uid  # same one: refreshed
