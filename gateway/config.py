@@ -348,6 +348,13 @@ _NFT_NAME = Annotated[
     ),
 ]
 _PRIORITY = Annotated[int, msgspec.Meta(ge=-1000, le=1000)]
+_JUMP = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^(inet|ip6) [A-Za-z][A-Za-z0-9_-]{0,31} [A-Za-z][A-Za-z0-9_-]{0,31}$",
+        description="'FAMILY TABLE CHAIN' with family inet or ip6, like 'inet fw4 forward_wan'",
+    ),
+]
 
 
 class NftConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -359,6 +366,7 @@ class NftConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     forward_priority: _PRIORITY = 0
     hairpin: bool = True
     ipv6_firewall: bool = False
+    forward_jump: _JUMP | None = None
     check_interval: Annotated[float, msgspec.Meta(ge=0.5, le=60)] = 2.0
 
 

@@ -36,7 +36,7 @@ from twisted.logger import (
 
 from backends.memory import MemoryBackend
 from backends.nft.backend import NftBackend
-from backends.nft.ruleset import Layout
+from backends.nft.ruleset import JumpTarget, Layout
 from gateway.allocator import Allocator
 from gateway.clock import Clock
 from gateway.config import Config, ConfigError, load_config
@@ -417,6 +417,7 @@ def build_backend(config: Config) -> Backend:
         lan_interfaces=tuple(lan.interface for lan in config.lan),
         wan_interface=config.wan.interface,
         ipv6_firewall=nft.ipv6_firewall,
+        forward_jump=None if nft.forward_jump is None else JumpTarget.parse(nft.forward_jump),
     )
     return NftBackend(layout)
 

@@ -14,11 +14,13 @@ from twisted.logger import Logger
 
 from backends.nft.ruleset import (
     FAMILY,
+    ForeignDump,
     Layout,
     TableDump,
-    delete_table,
     element_commands,
     read_dump,
+    read_foreign,
+    remove_jump_text,
     replace_table_text,
     skeleton_intact,
 )
@@ -65,6 +67,23 @@ class NftBackend:
     def table_name(self) -> str:
         return f"{FAMILY} {self.layout.table}"
 
+    def _read_foreign(self, terse: bool = False) -> ForeignDump | None:
+        """Jump mode: our part of the firewall's table (None outside jump mode)."""
+        jump = self.layout.forward_jump
+        if jump is None:
+            return None
+        output = self.runner.list(f"table {jump.family} {jump.table}", terse=terse)
+        if output is None:
+            raise BackendError(
+                f"backend.nft.forward_jump: table {jump.family} {jump.table} does not exist "
+                "(is the main firewall loaded?)"
+            )
+        foreign = read_foreign(output, self.layout)
+        assert foreign is not None
+        if not any("chain" in item and item["chain"].get("name") == jump.chain for item in output):
+            raise BackendError(f"backend.nft.forward_jump: chain {jump} does not exist")
+        return foreign
+
     def _read(self, terse: bool = False) -> TableDump | None:
         output = self.runner.list(f"table {self.table_name}", terse=terse)
         if output is None:
@@ -84,9 +103,13 @@ class NftBackend:
             if view is not None:
                 desired.add(view.canonical())
         dump = self._read()
-        if dump is None or not skeleton_intact(dump, self.layout):
-            script = replace_table_text(self.layout, dump is not None, desired)
+        foreign = self._read_foreign()
+        jump_intact = foreign is None or foreign.intact()
+        if dump is None or not skeleton_intact(dump, self.layout) or not jump_intact:
+            script = replace_table_text(self.layout, dump is not None, desired, foreign)
             current: set[KernelEntry] = set() if dump is None else dump.entries()
+            if foreign is not None:
+                current |= foreign.entries()
             self.runner.run_script(script)
             self.last_repair = (len(current - desired), len(desired - current))
             log.info(
@@ -97,6 +120,8 @@ class NftBackend:
             )
             return
         current = dump.entries()
+        if foreign is not None:
+            current |= foreign.entries()
         stale, missing = current - desired, desired - current
         self.runner.run(element_commands(self.layout, stale, missing))
         self.last_repair = (len(stale), len(missing))
@@ -121,16 +146,33 @@ class NftBackend:
 
     def snapshot(self) -> frozenset[KernelEntry]:
         dump = self._read()
-        return frozenset() if dump is None else frozenset(dump.entries())
+        entries = set() if dump is None else dump.entries()
+        foreign = self._read_foreign() if self.layout.forward_jump is not None else None
+        if foreign is not None:
+            entries |= foreign.entries()
+        return frozenset(entries)
 
     def reset_owned(self) -> None:
+        script = ""
         if self._read(terse=True) is not None:
-            self.runner.run(delete_table(self.layout))
+            script += f"delete table {self.table_name}\n"
+        if self.layout.forward_jump is not None:
+            try:
+                foreign = self._read_foreign(terse=True)
+            except BackendError:
+                foreign = None  # the firewall's table is gone, and our part with it
+            if foreign is not None:
+                script += remove_jump_text(self.layout, foreign)
+        if script:
+            self.runner.run_script(script)
             log.info("nftables table {table} removed", table=self.table_name)
 
     def healthy(self) -> bool:
         try:
             dump = self._read(terse=True)
+            foreign = self._read_foreign(terse=True)
         except BackendError:
+            return False
+        if foreign is not None and not foreign.intact():
             return False
         return dump is not None and skeleton_intact(dump, self.layout, elements=False)

@@ -33,6 +33,7 @@ PIN6_PEER = "pin6_peer"
 LAN_IFACES = "lan_ifaces"
 SETS = (DNAT4, DNAT4_PEER, PIN6, PIN6_PEER, LAN_IFACES)
 CHAINS = ("prerouting", "postrouting", "forward")
+FORWARD_SETS = (PIN6, PIN6_PEER)
 ANY_PORT = {"range": [0, 65535]}
 
 
@@ -50,6 +51,55 @@ class Layout:
     #: LAN are dropped unless a pinhole admits them (for gateways with no firewall of their own)
     wan_interface: str = ""
     ipv6_firewall: bool = False
+    #: jump mode: our forward rules and pinhole sets live in an existing firewall's table and
+    #: are reached by a jump from one of its chains (OpenWrt's fw4: ``inet fw4 forward_wan``)
+    forward_jump: JumpTarget | None = None
+
+    @property
+    def own_sets(self) -> tuple[str, ...]:
+        """The sets and maps that live in our own table."""
+        if self.forward_jump is None:
+            return SETS
+        return tuple(name for name in SETS if name not in FORWARD_SETS)
+
+    @property
+    def own_chains(self) -> tuple[str, ...]:
+        if self.forward_jump is None:
+            return CHAINS
+        return ("prerouting", "postrouting")
+
+    @property
+    def jump_chain(self) -> str:
+        """Our regular chain inside the firewall's table (jump mode)."""
+        return f"{self.table}_forward"
+
+    def set_location(self, name: str) -> tuple[str, str, str]:
+        """(family, table, set name) where one of our sets lives."""
+        if self.forward_jump is not None and name in FORWARD_SETS:
+            jump = self.forward_jump
+            return jump.family, jump.table, f"{self.table}_{name}"
+        return FAMILY, self.table, name
+
+
+@dataclass(frozen=True, slots=True)
+class JumpTarget:
+    """An existing base chain of another table that should jump to our forward rules."""
+
+    family: str
+    table: str
+    chain: str
+
+    @classmethod
+    def parse(cls, text: str) -> JumpTarget:
+        parts = text.split()
+        if len(parts) != 3 or parts[0] not in ("inet", "ip6", "ip"):
+            raise ValueError(
+                f"expected 'FAMILY TABLE CHAIN' (like 'inet fw4 forward_wan'), got {text!r}"
+            )
+        return cls(*parts)
+
+    def __str__(self) -> str:
+        return f"{self.family} {self.table} {self.chain}"
 
 
 # -- skeleton ------------------------------------------------------------------------------
@@ -61,8 +111,10 @@ class Layout:
 
 def expected_rules(layout: Layout) -> dict[str, int]:
     """How many rules each of our chains holds when intact."""
-    forward = 3 + (3 if layout.ipv6_firewall else 0)
-    return {"prerouting": 2, "postrouting": 1 if layout.hairpin else 0, "forward": forward}
+    counts = {"prerouting": 2, "postrouting": 1 if layout.hairpin else 0}
+    if layout.forward_jump is None:
+        counts["forward"] = 3 + (3 if layout.ipv6_firewall else 0)
+    return counts
 
 
 def skeleton_text(layout: Layout) -> str:
@@ -83,6 +135,13 @@ def skeleton_text(layout: Layout) -> str:
         if layout.ipv6_firewall
         else ""
     )
+    forward = (
+        "    chain forward {\n"
+        f"        type filter hook forward priority {layout.forward_priority}; policy accept;\n"
+        + "".join(f"        {rule}\n" for rule in _forward_rules(PIN6, PIN6_PEER))
+        + f"{firewall}"
+        "    }\n"
+    )
     lan = ", ".join(f'"{name}"' for name in layout.lan_interfaces)
     lan_elements = f"        elements = {{ {lan} }}\n" if lan else ""
     return (
@@ -95,14 +154,7 @@ def skeleton_text(layout: Layout) -> str:
         " : ipv4_addr . inet_service\n"
         "        flags interval\n"
         "    }\n"
-        f"    set {PIN6} {{\n"
-        "        type ipv6_addr . inet_proto . inet_service\n"
-        "        flags interval\n"
-        "    }\n"
-        f"    set {PIN6_PEER} {{\n"
-        "        type ipv6_addr . inet_service . ipv6_addr . inet_proto . inet_service\n"
-        "        flags interval\n"
-        "    }\n"
+        f"{'' if layout.forward_jump else _pin_sets_text(PIN6, PIN6_PEER)}"
         f"    set {LAN_IFACES} {{\n"
         "        type ifname\n"
         f"{lan_elements}"
@@ -118,23 +170,79 @@ def skeleton_text(layout: Layout) -> str:
         f"        type nat hook postrouting priority {layout.snat_priority}; policy accept;\n"
         f"{hairpin}"
         "    }\n"
-        "    chain forward {\n"
-        f"        type filter hook forward priority {layout.forward_priority}; policy accept;\n"
-        f"        ct status dnat accept {c}\n"
-        f"        {l4} ip6 daddr . meta l4proto . th dport @{PIN6} accept {c}\n"
-        f"        {l4} ip6 saddr . th sport . ip6 daddr . meta l4proto . th dport"
-        f" @{PIN6_PEER} accept {c}\n"
-        f"{firewall}"
-        "    }\n"
+        f"{'' if layout.forward_jump else forward}"
         "}\n"
     )
 
 
-def replace_table_text(layout: Layout, exists: bool, entries: Iterable[KernelEntry]) -> str:
-    """One script that (re)creates the table with these entries: run as one transaction it
-    swaps the old table for the new one atomically."""
+def _pin_sets_text(pin6: str, pin6_peer: str) -> str:
+    return (
+        f"    set {pin6} {{\n"
+        "        type ipv6_addr . inet_proto . inet_service\n"
+        "        flags interval\n"
+        "    }\n"
+        f"    set {pin6_peer} {{\n"
+        "        type ipv6_addr . inet_service . ipv6_addr . inet_proto . inet_service\n"
+        "        flags interval\n"
+        "    }\n"
+    )
+
+
+def _forward_rules(pin6: str, pin6_peer: str) -> list[str]:
+    c = f'comment "{MARKER}"'
+    l4 = "meta l4proto { tcp, udp }"
+    return [
+        f"ct status dnat accept {c}",
+        f"{l4} ip6 daddr . meta l4proto . th dport @{pin6} accept {c}",
+        f"{l4} ip6 saddr . th sport . ip6 daddr . meta l4proto . th dport @{pin6_peer} accept {c}",
+    ]
+
+
+def jump_text(layout: Layout, existing: ForeignDump | None) -> str:
+    """Jump mode: (re)create our forward chain and pinhole sets inside the firewall's table
+    and the jump to them, removing what an earlier run left there first."""
+    jump = layout.forward_jump
+    if jump is None:
+        return ""
+    where = f"{jump.family} {jump.table}"
+    pin6 = layout.set_location(PIN6)[2]
+    pin6_peer = layout.set_location(PIN6_PEER)[2]
+    script = "" if existing is None else remove_jump_text(layout, existing)
+    script += f"table {where} {{\n{_pin_sets_text(pin6, pin6_peer)}"
+    script += f"    chain {layout.jump_chain} {{\n"
+    script += "".join(f"        {rule}\n" for rule in _forward_rules(pin6, pin6_peer))
+    script += "    }\n}\n"
+    script += f'insert rule {where} {jump.chain} jump {layout.jump_chain} comment "{MARKER}"\n'
+    return script
+
+
+def remove_jump_text(layout: Layout, existing: ForeignDump) -> str:
+    jump = layout.forward_jump
+    if jump is None:
+        return ""
+    where = f"{jump.family} {jump.table}"
+    script = "".join(
+        f"delete rule {where} {jump.chain} handle {h}\n" for h in existing.jump_handles
+    )
+    if existing.chain_exists:
+        script += f"flush chain {where} {layout.jump_chain}\n"
+        script += f"delete chain {where} {layout.jump_chain}\n"
+    for name in existing.sets:
+        script += f"delete set {where} {layout.set_location(name)[2]}\n"
+    return script
+
+
+def replace_table_text(
+    layout: Layout,
+    exists: bool,
+    entries: Iterable[KernelEntry],
+    foreign: ForeignDump | None = None,
+) -> str:
+    """One script that (re)creates the table (and in jump mode our part of the firewall's
+    table) with these entries: run as one transaction it swaps old for new atomically."""
     script = f"delete table {FAMILY} {layout.table}\n" if exists else ""
     script += skeleton_text(layout)
+    script += jump_text(layout, foreign)
     by_set: dict[str, list[str]] = {}
     for entry in entries:
         for name, elem in elements(entry):
@@ -143,12 +251,9 @@ def replace_table_text(layout: Layout, exists: bool, entries: Iterable[KernelEnt
         items = by_set.get(name)
         for start in range(0, len(items or ()), 4096):
             chunk = ", ".join((items or [])[start : start + 4096])
-            script += f"add element {FAMILY} {layout.table} {name} {{ {chunk} }}\n"
+            family, table, set_name = layout.set_location(name)
+            script += f"add element {family} {table} {set_name} {{ {chunk} }}\n"
     return script
-
-
-def delete_table(layout: Layout) -> list[Json]:
-    return [{"delete": {"table": {"family": FAMILY, "name": layout.table}}}]
 
 
 # -- elements ------------------------------------------------------------------------------
@@ -220,9 +325,10 @@ def element_text(elem: Any) -> str:
 
 
 def element_command(verb: str, layout: Layout, name: str, elems: list[Any]) -> Json:
+    family, table, set_name = layout.set_location(name)
     return {
         "add" if verb == "add" else "delete": {
-            "element": {"family": FAMILY, "table": layout.table, "name": name, "elem": elems}
+            "element": {"family": family, "table": table, "name": set_name, "elem": elems}
         }
     }
 
@@ -353,7 +459,7 @@ def read_dump(output: list[Json], layout: Layout) -> TableDump | None:
     """Our table from a ``list table`` JSON output; None when the output has no table."""
     sets: dict[str, list[Any]] = {}
     chains: dict[str, dict[str, Any]] = {}
-    rules: dict[str, list[Json]] = {name: [] for name in CHAINS}
+    rules: dict[str, list[Json]] = {name: [] for name in layout.own_chains}
     foreign: list[str] = []
     seen_table = False
     for item in output:
@@ -362,14 +468,14 @@ def read_dump(output: list[Json], layout: Layout) -> TableDump | None:
         elif "map" in item or "set" in item:
             body = item.get("map") or item["set"]
             name = str(body["name"])
-            if name in SETS:
+            if name in layout.own_sets:
                 sets[name] = list(body.get("elem", []))
             else:
                 foreign.append(f"set {name}")
         elif "chain" in item:
             body = item["chain"]
             name = str(body["name"])
-            if name in CHAINS:
+            if name in layout.own_chains:
                 chains[name] = body
             else:
                 foreign.append(f"chain {name}")
@@ -390,7 +496,7 @@ def read_dump(output: list[Json], layout: Layout) -> TableDump | None:
 def skeleton_intact(dump: TableDump, layout: Layout, elements: bool = True) -> bool:
     """Our chains (with the configured priorities), sets and rules are all there; with
     ``elements`` (not in a terse dump) the LAN interface set holds the configured names."""
-    if set(dump.sets) != set(SETS) or set(dump.chains) != set(CHAINS):
+    if set(dump.sets) != set(layout.own_sets) or set(dump.chains) != set(layout.own_chains):
         return False
     prios = {
         "prerouting": layout.dnat_priority,
@@ -398,6 +504,8 @@ def skeleton_intact(dump: TableDump, layout: Layout, elements: bool = True) -> b
         "forward": layout.forward_priority,
     }
     for name, prio in prios.items():
+        if name not in layout.own_chains:
+            continue
         if int(dump.chains[name].get("prio", 0)) != prio:
             return False
     counts = expected_rules(layout)
@@ -407,3 +515,63 @@ def skeleton_intact(dump: TableDump, layout: Layout, elements: bool = True) -> b
         return True
     lan = {str(_unwrap(e)) for e in dump.sets.get(LAN_IFACES, [])}
     return lan == set(layout.lan_interfaces)
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignDump:
+    """Jump mode: what of ours is in the firewall's table."""
+
+    sets: dict[str, list[Any]]  # by our canonical set name (pin6, pin6_peer)
+    chain_exists: bool
+    chain_rules: int
+    jump_handles: tuple[int, ...]
+
+    def entries(self) -> set[KernelEntry]:
+        return parse_entries(self.sets)
+
+    def intact(self) -> bool:
+        return (
+            set(self.sets) == set(FORWARD_SETS)
+            and self.chain_exists
+            and self.chain_rules == len(_forward_rules(PIN6, PIN6_PEER))
+            and len(self.jump_handles) == 1
+        )
+
+
+def read_foreign(output: list[Json], layout: Layout) -> ForeignDump | None:
+    """Our objects in the firewall's table from its ``list table`` JSON; None when that
+    table does not exist."""
+    jump = layout.forward_jump
+    assert jump is not None
+    by_location = {layout.set_location(name)[2]: name for name in FORWARD_SETS}
+    sets: dict[str, list[Any]] = {}
+    chain_exists = False
+    chain_rules = 0
+    handles: list[int] = []
+    seen_table = False
+    for item in output:
+        if "table" in item:
+            seen_table = True
+        elif "set" in item or "map" in item:
+            body = item.get("set") or item["map"]
+            name = by_location.get(str(body["name"]))
+            if name is not None:
+                sets[name] = list(body.get("elem", []))
+        elif "chain" in item and item["chain"].get("name") == layout.jump_chain:
+            chain_exists = True
+        elif "rule" in item:
+            body = item["rule"]
+            if body.get("chain") == layout.jump_chain and body.get("comment") == MARKER:
+                chain_rules += 1
+            elif body.get("chain") == jump.chain and _jumps_to(body, layout.jump_chain):
+                handles.append(int(body["handle"]))
+    if not seen_table:
+        return None
+    return ForeignDump(sets, chain_exists, chain_rules, tuple(handles))
+
+
+def _jumps_to(rule: Json, chain: str) -> bool:
+    return any(
+        isinstance(expr, dict) and expr.get("jump", {}).get("target") == chain
+        for expr in rule.get("expr", [])
+    )

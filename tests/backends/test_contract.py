@@ -8,12 +8,13 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from ipaddress import ip_address, ip_network
+from pathlib import Path
 
 import pytest
 
 from backends.memory import MemoryBackend
 from backends.nft.backend import NftBackend
-from backends.nft.ruleset import Layout
+from backends.nft.ruleset import JumpTarget, Layout
 from gateway.errors import BackendError
 from gateway.model import (
     Change,
@@ -87,16 +88,45 @@ def removed(m: Mapping) -> Change:
     return Change(ChangeKind.REMOVED, m, None)
 
 
+#: A stand-in for OpenWrt's fw4: forward drops unless a rule accepts; forward_wan is the
+#: chain jump mode hooks into.
+FW4 = """
+table inet fw4 {
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "wan0" jump forward_wan
+    }
+    chain forward_wan {
+        ct status dnat accept comment "!fw4: Accept port forwards"
+    }
+}
+"""
+
+
+def load_fw4(ns: Namespace) -> None:
+    script = ns.run("mktemp").stdout.strip()
+    Path(script).write_text(FW4)
+    ns.run("nft", "-f", script)
+    Path(script).unlink()
+
+
 class NftHarness:
-    def __init__(self, namespace: Namespace, table: str) -> None:
+    def __init__(self, namespace: Namespace, table: str, jump: bool = False) -> None:
         self.namespace = namespace
         self.table = table
+        self.jump = jump
 
     def nft(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.namespace.run("nft", *args, check=check)
 
     def flush_externally(self) -> None:
-        self.nft("flush", "table", "inet", self.table)
+        if self.jump:
+            # a firewall reload: fw4 replaces its table, losing what we had put in it
+            self.nft("delete", "table", "inet", "fw4")
+            load_fw4(self.namespace)
+        else:
+            self.nft("flush", "table", "inet", self.table)
 
 
 class MemoryHarness:
@@ -107,16 +137,23 @@ class MemoryHarness:
         self.backend.simulate_flush()
 
 
-@pytest.fixture(params=["memory", "nft"])
+@pytest.fixture(params=["memory", "nft", "nft-jump"])
 def subject(request: pytest.FixtureRequest) -> Iterator[tuple[Backend, object]]:
     if request.param == "memory":
         backend = MemoryBackend()
         yield backend, MemoryHarness(backend)
         return
     name = unique_prefix("c")
+    jump = request.param == "nft-jump"
     with Namespace(name) as ns, inside(name):
-        nft_backend = NftBackend(Layout(table="pgtest", lan_interfaces=("lo",)))
-        yield nft_backend, NftHarness(ns, "pgtest")
+        if jump:
+            load_fw4(ns)
+        layout = Layout(
+            table="pgtest",
+            lan_interfaces=("lo",),
+            forward_jump=JumpTarget("inet", "fw4", "forward_wan") if jump else None,
+        )
+        yield NftBackend(layout), NftHarness(ns, "pgtest", jump)
 
 
 def test_install_puts_exactly_the_mappings_in_place(subject: tuple[Backend, object]) -> None:
@@ -277,3 +314,26 @@ def test_nft_repairs_a_deleted_table(nft_ns: Namespace) -> None:
     assert not backend.healthy()
     backend.install(SAMPLE)
     assert backend.snapshot() == views(SAMPLE)
+
+
+def test_nft_jump_mode_touches_only_its_own_part_of_the_firewall(nft_ns: Namespace) -> None:
+    load_fw4(nft_ns)
+    before = nft_ns.run("nft", "list", "table", "inet", "fw4").stdout
+    layout = Layout(table="pgtest", forward_jump=JumpTarget("inet", "fw4", "forward_wan"))
+    backend = NftBackend(layout)
+    backend.install(SAMPLE)
+    fw4 = nft_ns.run("nft", "list", "table", "inet", "fw4").stdout
+    assert "jump pgtest_forward" in fw4 and "set pgtest_pin6 " in fw4
+    assert "chain forward " not in nft_ns.run("nft", "list", "table", "inet", "pgtest").stdout
+    backend.install(SAMPLE)  # idempotent: one jump, not two
+    assert (
+        nft_ns.run("nft", "list", "table", "inet", "fw4").stdout.count("jump pgtest_forward") == 1
+    )
+    backend.reset_owned()
+    assert nft_ns.run("nft", "list", "table", "inet", "fw4").stdout == before
+
+
+def test_nft_jump_mode_needs_the_firewall_table(nft_ns: Namespace) -> None:
+    layout = Layout(table="pgtest", forward_jump=JumpTarget("inet", "fw4", "forward_wan"))
+    with pytest.raises(BackendError, match="inet fw4 does not exist"):
+        NftBackend(layout).install(SAMPLE)

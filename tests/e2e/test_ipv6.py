@@ -22,7 +22,7 @@ from protocols.pcp.codec import (
     encode_request,
 )
 from protocols.pcp.options import Filter, Options
-from tests.netlab import LAN6_HOST, WAN6_HOST, GatewayDaemon, Lab, inside
+from tests.netlab import LAN6_HOST, WAN6_HOST, GatewayDaemon, Lab, inside, wait_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
 GW6_LAN = "fd77::1"
@@ -105,3 +105,58 @@ def test_upnpc_opens_updates_and_deletes_a_pinhole(lab: Lab, daemon: GatewayDaem
     upnpc("-D", uid)
     assert not any(r["kind"] == "pinhole" for r in daemon.listing())
     assert not lab.reaches(lab.wan, lab.lan, "tcp", (LAN6_HOST, 9300), 9300)
+
+
+FW4 = """
+table inet fw4 {
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "br-lan" accept
+        iifname "wan0" jump forward_wan
+    }
+    chain forward_wan {
+        ct status dnat accept comment "!fw4: Accept port forwards"
+    }
+}
+"""
+
+
+def load_fw4(lab: Lab, directory: Path) -> None:
+    script = directory / "fw4.nft"
+    script.write_text(FW4)
+    lab.run(lab.gw, "nft", "-f", str(script))
+
+
+def test_behind_an_fw4_style_firewall_jump_mode_makes_pinholes_work(
+    lab: Lab, tmp_path: Path
+) -> None:
+    load_fw4(lab, tmp_path)
+    d = GatewayDaemon(lab, tmp_path)
+    d.config.write_text(
+        d.config.read_text().replace(
+            "ipv6_firewall: false", 'ipv6_firewall: false, forward_jump: "inet fw4 forward_wan"'
+        )
+    )
+    d.start()
+    try:
+        assert not lab.reaches(lab.wan, lab.lan, "tcp", (LAN6_HOST, 9400), 9400)
+        assert pcp6(lab, 9400).result == ResultCode.SUCCESS  # type: ignore[attr-defined]
+        assert lab.reaches(lab.wan, lab.lan, "tcp", (LAN6_HOST, 9400), 9400)
+        assert d.ctl("add", "tcp", "8080", "192.168.77.10:80").returncode == 0
+        assert lab.reaches(lab.wan, lab.lan, "tcp", ("203.0.113.1", 8080), 80)
+        # a firewall reload replaces fw4's table; portgate puts its part back
+        lab.run(lab.gw, "nft", "delete", "table", "inet", "fw4")
+        load_fw4(lab, tmp_path)
+        assert wait_until(
+            lambda: (
+                "jump portgate_forward"
+                in lab.run(lab.gw, "nft", "list", "table", "inet", "fw4").stdout
+            ),
+            timeout=5,
+        )
+        assert lab.reaches(lab.wan, lab.lan, "tcp", (LAN6_HOST, 9400), 9400)
+    finally:
+        d.stop()
+    fw4 = lab.run(lab.gw, "nft", "list", "table", "inet", "fw4").stdout
+    assert "portgate" in fw4  # kept on stop, like our own table (keep_mappings_on_stop)
