@@ -201,9 +201,13 @@ def test_pcp_peer_creates_a_mapping_for_that_peer(lab: Lab, daemon: GatewayDaemo
     assert row["origin"] == "pcp" and row["internal"] == f"{LAN_HOST}:7400"
 
 
-def test_libtorrent_maps_its_listen_port(lab: Lab, daemon: GatewayDaemon) -> None:
-    """libtorrent 2.0 (Debian) asks with NAT-PMP/PCP and UPnP; with UPnP off it must map
-    through us by NAT-PMP or PCP, and a WAN peer then reaches its listen socket."""
+@pytest.mark.parametrize("pcp_enabled", [True, False], ids=["pcp", "natpmp-only"])
+def test_libtorrent_maps_its_listen_port(lab: Lab, tmp_path: Path, pcp_enabled: bool) -> None:
+    """libtorrent 2.0 (Debian) tries PCP first and falls back to NAT-PMP when the gateway
+    answers PCP as a NAT-PMP-only server would; either way a WAN peer then reaches its
+    listen socket through the mapping."""
+    daemon = GatewayDaemon(lab, tmp_path, extra="" if pcp_enabled else "pcp: {enabled: false}")
+    daemon.start()
     script = textwrap.dedent(
         """
         import sys, time, libtorrent as lt
@@ -244,11 +248,11 @@ def test_libtorrent_maps_its_listen_port(lab: Lab, daemon: GatewayDaemon) -> Non
     try:
         assert mapped, "".join(lines)
         rows = daemon.listing()
-        assert any(
-            r["internal"] == f"{LAN_HOST}:6881" and r["origin"] in ("natpmp", "pcp") for r in rows
-        ), rows
+        origins = {r["origin"] for r in rows if r["internal"] == f"{LAN_HOST}:6881"}
+        assert origins == ({"pcp"} if pcp_enabled else {"natpmp"}), rows
         with inside(lab.wan):
             conn = socket.create_connection((WAN_GW, mapped[0]), timeout=3)
             conn.close()
     finally:
         proc.kill()
+        daemon.stop(signal.SIGKILL)
