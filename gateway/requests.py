@@ -65,12 +65,16 @@ class UnmapInternal:
 
 @dataclass(frozen=True, slots=True)
 class UnmapRange:
-    """Delete the requester's UPnP mappings with external ports in [start, end]."""
+    """Delete the requester's UPnP mappings with external ports in [start, end].
+
+    ``manage`` (UPnP NewManage) asks to delete other clients' UPnP mappings too; it is
+    honoured only where the policy lets clients manage each other's (secure mode off)."""
 
     owner: Owner
     proto: Proto
     start: int
     end: int
+    manage: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -540,7 +540,7 @@ class MappingTable:
     def _unmap_range(self, r: UnmapRange) -> tuple[Result, list[Change]]:
         if not 0 <= r.start <= r.end <= 65535:
             raise GatewayError(Reason.BAD_REQUEST, f"bad port range {r.start}-{r.end}")
-        if r.owner.is_admin or not self.policy.secure_mode:
+        if r.owner.is_admin or (r.manage and not self.policy.secure_mode):
             pool: Iterable[int] = list(self._port_map_order)
         else:
             pool = sorted(self._by_client.get(r.owner.client, ()))

@@ -947,7 +947,8 @@ class ActionDispatcher:
     async def delete_port_mapping_range(self, call: Call) -> Outs:
         proto, start, end = self._port_range(call)
         try:
-            await self._ask(UnmapRange(call.owner, proto, start, end), Removed)
+            manage = call.args.flag("NewManage")
+            await self._ask(UnmapRange(call.owner, proto, start, end, manage), Removed)
         except GatewayError as error:
             if error.reason is not Reason.NOT_FOUND:
                 raise

@@ -1442,3 +1442,15 @@ def test_add_any_for_another_internal_port_gets_its_own_port(table: MappingTable
     assert table.get(first.uid) == first  # the first mapping is untouched
     again = table.apply(upnp(f"{HOST}:5000", 6000, exact=False, lifetime=60), 0.0)[0]
     assert isinstance(again, Granted) and again.mapping.uid == first.uid  # same one: refreshed
+
+
+def test_delete_range_touches_others_only_when_asked_to_manage_and_allowed() -> None:
+    table = make_table(secure_mode=False)
+    mine = granted(table, upnp(f"{HOST}:5000", 6000))
+    theirs = granted(table, upnp(f"{OTHER}:5000", 6001, client=OTHER))
+    result, _ = table.apply(UnmapRange(owner(Origin.UPNP, HOST), Proto.TCP, 6000, 6001), 0.0)
+    assert isinstance(result, Removed) and [m.uid for m in result.mappings] == [mine.uid]
+    result, _ = table.apply(
+        UnmapRange(owner(Origin.UPNP, HOST), Proto.TCP, 6000, 6001, manage=True), 0.0
+    )
+    assert isinstance(result, Removed) and [m.uid for m in result.mappings] == [theirs.uid]
