@@ -64,6 +64,17 @@ InternalKey = tuple[Proto, IPAddress, int]
 PinholeKey = tuple[Proto, Endpoint, tuple[RemoteFilter, ...]]
 
 
+def _not_owner(mapping: Mapping, now: float, whose: str = "") -> GatewayError:
+    """NOT_OWNER for ``mapping``, with its remaining lease (PCP answers with it)."""
+    whose = whose or f"{mapping.owner.origin.value} client {mapping.owner.client}"
+    return GatewayError(
+        Reason.NOT_OWNER,
+        f"{mapping.describe()} belongs to {whose}",
+        mapping=mapping,
+        lifetime=mapping.remaining(now),
+    )
+
+
 def _internal_key(mapping: Mapping) -> InternalKey:
     return (mapping.proto, mapping.internal.address, mapping.internal.port)
 
@@ -417,12 +428,7 @@ class MappingTable:
         if owner.origin is Origin.PCP:
             for mapping in candidates:
                 if mapping.owner.origin is Origin.PCP:
-                    raise GatewayError(
-                        Reason.NOT_OWNER,
-                        f"{mapping.describe()} belongs to another PCP client (nonce differs)",
-                        mapping=mapping,
-                        lifetime=mapping.remaining(now),
-                    )
+                    raise _not_owner(mapping, now, "another PCP client (nonce differs)")
         return candidates[0]
 
     @staticmethod
@@ -511,13 +517,7 @@ class MappingTable:
         if mapping is None:
             raise GatewayError(Reason.NOT_FOUND, f"no mapping for {r.key}")
         if not self._may_remove(r.owner, mapping):
-            raise GatewayError(
-                Reason.NOT_OWNER,
-                f"{mapping.describe()} belongs to {mapping.owner.origin.value} "
-                f"client {mapping.owner.client}",
-                mapping=mapping,
-                lifetime=mapping.remaining(now),
-            )
+            raise _not_owner(mapping, now)
         return Removed((mapping,)), [self._remove(mapping)]
 
     def _unmap_internal(self, r: UnmapInternal, now: float) -> tuple[Result, list[Change]]:
@@ -528,13 +528,7 @@ class MappingTable:
         mine = [m for m in entries if self._may_remove(r.owner, m)]
         if not mine:
             other = entries[0]
-            raise GatewayError(
-                Reason.NOT_OWNER,
-                f"{other.describe()} belongs to {other.owner.origin.value} "
-                f"client {other.owner.client}",
-                mapping=other,
-                lifetime=other.remaining(now),
-            )
+            raise _not_owner(other, now)
         return Removed(tuple(mine)), [self._remove(m) for m in mine]
 
     def _unmap_range(self, r: UnmapRange) -> tuple[Result, list[Change]]:
@@ -591,12 +585,7 @@ class MappingTable:
             if held_uid is not None:
                 held = self._by_uid[held_uid]
                 if not self._may_remove(owner, held):
-                    raise GatewayError(
-                        Reason.NOT_OWNER,
-                        f"{held.describe()} belongs to another client",
-                        mapping=held,
-                        lifetime=held.remaining(now),
-                    )
+                    raise _not_owner(held, now, "another client")
                 return self._refresh_or_share(held, r, lifetime, expires, now)
         if (r.proto, r.internal, r.filters) in self._pinholes:
             raise GatewayError(Reason.CONFLICT, "an identical pinhole exists")
@@ -620,12 +609,7 @@ class MappingTable:
         if mapping is None or mapping.kind is not Kind.PINHOLE:
             raise GatewayError(Reason.NOT_FOUND, f"no pinhole with id {uid}")
         if not self._may_remove(owner, mapping):
-            raise GatewayError(
-                Reason.NOT_OWNER,
-                f"pinhole {uid} belongs to another client",
-                mapping=mapping,
-                lifetime=mapping.remaining(now),
-            )
+            raise _not_owner(mapping, now, "another client")
         return mapping
 
     def _update_pinhole(self, r: UpdatePinhole, now: float) -> tuple[Result, list[Change]]:

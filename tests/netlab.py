@@ -297,3 +297,52 @@ backend: {{type: nft, nft: {{table: portgate, check_interval: 0.5, ipv6_firewall
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signum)
             self.proc.wait(timeout=15)
+
+
+class Libtorrent:
+    """A libtorrent 2.0 session (Debian's python3-libtorrent) in a namespace, mapping its
+    listen port with UPnP and/or NAT-PMP/PCP; ``mapped()`` waits for its port-map alert."""
+
+    def __init__(self, lab: Lab, namespace: str, port: int, *, upnp: bool, natpmp: bool) -> None:
+        script = textwrap.dedent(
+            f"""
+            import time, libtorrent as lt
+            s = lt.session({{
+                "listen_interfaces": "0.0.0.0:{port}",
+                "enable_upnp": {upnp}, "enable_natpmp": {natpmp}, "enable_lsd": False,
+                "enable_dht": False,
+                "alert_mask": lt.alert.category_t.port_mapping_notification
+                    | lt.alert.category_t.error_notification,
+            }})
+            deadline = time.time() + 40
+            while time.time() < deadline:
+                s.wait_for_alert(500)
+                for a in s.pop_alerts():
+                    print(type(a).__name__, a.message(), flush=True)
+                    if isinstance(a, lt.portmap_alert):
+                        print("MAPPED", a.external_port, flush=True)
+            """
+        )
+        self.proc = lab.spawn(
+            namespace,
+            sys.executable,
+            "-c",
+            script,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.lines: list[str] = []
+
+    def mapped(self) -> int:
+        """The first external port libtorrent reports mapped (0 if it gave up)."""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if line.startswith("MAPPED"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)

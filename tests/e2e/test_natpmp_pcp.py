@@ -4,13 +4,9 @@ PCP client built from our codec (no PCP client is packaged), with real WAN-to-LA
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
@@ -37,6 +33,7 @@ from tests.netlab import (
     WAN_HOST2,
     GatewayDaemon,
     Lab,
+    Libtorrent,
     inside,
 )
 
@@ -208,51 +205,16 @@ def test_libtorrent_maps_its_listen_port(lab: Lab, tmp_path: Path, pcp_enabled: 
     listen socket through the mapping."""
     daemon = GatewayDaemon(lab, tmp_path, extra="" if pcp_enabled else "pcp: {enabled: false}")
     daemon.start()
-    script = textwrap.dedent(
-        """
-        import sys, time, libtorrent as lt
-        s = lt.session({
-            "listen_interfaces": "0.0.0.0:6881",
-            "enable_upnp": False, "enable_natpmp": True, "enable_lsd": False,
-            "enable_dht": False,
-            "alert_mask": lt.alert.category_t.port_mapping_notification
-                | lt.alert.category_t.error_notification,
-        })
-        deadline = time.time() + 25
-        while time.time() < deadline:
-            s.wait_for_alert(500)
-            for a in s.pop_alerts():
-                print(type(a).__name__, a.message(), flush=True)
-                if isinstance(a, lt.portmap_alert):
-                    print("MAPPED", a.external_port, flush=True)
-        """
-    )
-    proc = lab.spawn(
-        lab.lan,
-        sys.executable,
-        "-c",
-        script,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": ""},
-    )
-    assert proc.stdout is not None
-    mapped: list[int] = []
-    lines: list[str] = []
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("MAPPED"):
-            mapped.append(int(line.split()[1]))
-            if len(mapped) >= 2:
-                break
+    torrent = Libtorrent(lab, lab.lan, 6881, upnp=False, natpmp=True)
+    mapped = torrent.mapped()
     try:
-        assert mapped, "".join(lines)
+        assert mapped, "".join(torrent.lines)
         rows = daemon.listing()
         origins = {r["origin"] for r in rows if r["internal"] == f"{LAN_HOST}:6881"}
         assert origins == ({"pcp"} if pcp_enabled else {"natpmp"}), rows
         with inside(lab.wan):
-            conn = socket.create_connection((WAN_GW, mapped[0]), timeout=3)
+            conn = socket.create_connection((WAN_GW, mapped), timeout=3)
             conn.close()
     finally:
-        proc.kill()
+        torrent.stop()
         daemon.stop(signal.SIGKILL)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import re
 import signal
 import socket
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from tests.netlab import (
     WAN_GW,
     GatewayDaemon,
     Lab,
+    Libtorrent,
     inside,
 )
 
@@ -116,38 +115,10 @@ def test_nothing_answers_ssdp_or_http_from_the_wan(lab: Lab, daemon: GatewayDaem
 
 
 def test_libtorrent_maps_its_listen_port_by_upnp(lab: Lab, daemon: GatewayDaemon) -> None:
-    script = textwrap.dedent(
-        """
-        import time, libtorrent as lt
-        s = lt.session({
-            "listen_interfaces": "0.0.0.0:6882",
-            "enable_upnp": True, "enable_natpmp": False, "enable_lsd": False,
-            "enable_dht": False,
-            "alert_mask": lt.alert.category_t.port_mapping_notification
-                | lt.alert.category_t.error_notification,
-        })
-        deadline = time.time() + 40
-        while time.time() < deadline:
-            s.wait_for_alert(500)
-            for a in s.pop_alerts():
-                print(type(a).__name__, a.message(), flush=True)
-                if isinstance(a, lt.portmap_alert):
-                    print("MAPPED", a.external_port, flush=True)
-        """
-    )
-    proc = lab.spawn(
-        lab.lan, sys.executable, "-c", script, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    mapped = 0
-    for line in proc.stdout:
-        lines.append(line)
-        if line.startswith("MAPPED"):
-            mapped = int(line.split()[1])
-            break
+    torrent = Libtorrent(lab, lab.lan, 6882, upnp=True, natpmp=False)
+    mapped = torrent.mapped()
     try:
-        assert mapped, "".join(lines)
+        assert mapped, "".join(torrent.lines)
         rows = daemon.listing()
         assert any(r["origin"] == "upnp" and r["internal"] == f"{LAN_HOST}:6882" for r in rows), (
             rows
@@ -155,7 +126,7 @@ def test_libtorrent_maps_its_listen_port_by_upnp(lab: Lab, daemon: GatewayDaemon
         with inside(lab.wan):
             socket.create_connection((WAN_GW, mapped), timeout=3).close()
     finally:
-        proc.kill()
+        torrent.stop()
 
 
 def test_async_upnp_client_finds_the_gateway_and_maps_a_port(
