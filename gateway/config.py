@@ -28,7 +28,7 @@ import os
 import re
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 import msgspec
@@ -43,6 +43,7 @@ __all__ = [
     "LanConfig",
     "LifetimeConfig",
     "LogConfig",
+    "MetricsConfig",
     "NatPmpConfig",
     "PcpConfig",
     "PolicyConfig",
@@ -380,6 +381,54 @@ class LogConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     format: Literal["text", "json"] = "text"
 
 
+_LISTEN_EXPECTED = 'ADDRESS:PORT with an IP address, like "127.0.0.1:9567" or "[::1]:9567"'
+
+
+def parse_listen(text: str) -> tuple[IPv4Address | IPv6Address, int]:
+    """``"127.0.0.1:9567"`` or ``"[::1]:9567"`` as (address, port); ``ValueError`` says why not.
+
+    A wildcard address (0.0.0.0, ::) is refused: it would serve on the WAN side too.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        host = ""  # an IPv6 address without brackets: the port is ambiguous
+    try:
+        address = ip_address(host)
+    except ValueError:
+        raise ValueError(f"expected {_LISTEN_EXPECTED}, got {_show(text)}") from None
+    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"expected {_LISTEN_EXPECTED} (port 1-65535), got {_show(text)}")
+    if address.is_unspecified:
+        raise ValueError(
+            f"expected a loopback or admin address, got {_show(text)}: a wildcard address "
+            "would serve the metrics on every interface, the WAN included"
+        )
+    return address, int(port_text)
+
+
+class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The optional Prometheus endpoint (plain HTTP, no authentication)."""
+
+    enabled: bool = False
+    listen: Annotated[str, msgspec.Meta(min_length=1)] = "127.0.0.1:9567"
+
+    def __post_init__(self) -> None:
+        try:
+            parse_listen(self.listen)
+        except ValueError as error:
+            raise ValueError(f"listen: {error}") from None
+
+    @property
+    def address(self) -> IPv4Address | IPv6Address:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen(self.listen)[1]
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration."""
 
@@ -394,8 +443,14 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     control: ControlConfig = ControlConfig()
     backend: BackendConfig = BackendConfig()
     log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def __post_init__(self) -> None:
+        if self.metrics.enabled and self.metrics.address == self.wan.external_address:
+            raise ValueError(
+                "metrics.listen: expected a loopback or admin address, got the external "
+                f"address {self.metrics.listen!r}"
+            )
         if not self.lan:
             raise ValueError("lan: expected at least one LAN interface, got an empty list")
         first_use: dict[str, int] = {}

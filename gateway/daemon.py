@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from ipaddress import IPv4Address, IPv6Address
 from types import FrameType
 from typing import IO, Any, cast
@@ -29,19 +28,20 @@ from twisted.logger import (
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    eventAsJSON,
-    formatEvent,
     globalLogBeginner,
 )
 
 from backends.memory import MemoryBackend
 from backends.nft.backend import NftBackend
 from backends.nft.ruleset import JumpTarget, Layout
+from gateway import sdnotify
 from gateway.allocator import Allocator
+from gateway.audit import format_event, on_journal
 from gateway.clock import Clock
 from gateway.config import Config, ConfigError, load_config
 from gateway.control import ControlError, listen_control
 from gateway.errors import BackendError, StoreError
+from gateway.metrics import start_metrics
 from gateway.model import IPAddress
 from gateway.netinfo import InterfaceInfo, external_ipv4, read_interfaces
 from gateway.policy import Lan, Policy
@@ -73,24 +73,16 @@ _LEVELS = {
 
 
 class _LineObserver:
-    """One readable line per event: ``2026-11-24 23:59:01 info service: map add ...``."""
+    """One line per event: ``2026-11-24 23:59:01 info service: map add ...`` or JSON, with
+    syslog priority prefixes when standard error is the journal (``gateway.audit``)."""
 
     def __init__(self, stream: IO[str], as_json: bool) -> None:
         self._stream = stream
         self._json = as_json
+        self._journal = on_journal(stream)
 
     def __call__(self, event: LogEvent) -> None:
-        if self._json:
-            line = eventAsJSON(event)
-        else:
-            when = datetime.fromtimestamp(event.get("log_time", 0)).strftime("%Y-%m-%d %H:%M:%S")
-            level = event.get("log_level", LogLevel.info).name
-            namespace = str(event.get("log_namespace", "")).removeprefix("portgate.")
-            text = formatEvent(event)
-            failure = event.get("log_failure")
-            if failure is not None:
-                text += "\n" + failure.getTraceback()
-            line = f"{when} {level} {namespace}: {text}"
+        line = format_event(event, as_json=self._json, journal=self._journal)
         try:
             self._stream.write(line + "\n")
             self._stream.flush()
@@ -321,7 +313,7 @@ class Daemon:
         except ConfigError as error:
             log.error("reload refused, keeping the running config: {error}", error=error)
             return
-        unchanged = ("wan", "lan", "state", "control", "backend")
+        unchanged = ("wan", "lan", "state", "control", "backend", "metrics")
         moved = [name for name in unchanged if getattr(config, name) != getattr(self.config, name)]
         if moved:
             log.warn(
@@ -475,6 +467,13 @@ def start_daemon(config_path: str, config: Config, reactor: Any) -> Daemon:
         raise StartupError(f"admin socket {config.control.socket}: {error}") from error
     log.info("admin socket listening on {path}", path=config.control.socket)
     daemon.start_frontends()
+    if config.metrics.enabled:
+
+        def gena_subscriptions() -> int:
+            upnp = daemon.upnp
+            return 0 if upnp is None else len(upnp.events.subscriptions)
+
+        start_metrics(config.metrics, reactor, service, subscriptions=gena_subscriptions)
     return daemon
 
 
@@ -500,10 +499,19 @@ def run_daemon(config_path: str) -> int:
         return 1
     daemon.predicate = predicate
 
+    def serving() -> str:
+        return f"serving {len(daemon.service.table)} mapping(s)"
+
+    def reload() -> None:
+        sdnotify.reloading()
+        daemon.reload()
+        sdnotify.ready(serving())
+
     def on_hup(signum: int, frame: FrameType | None) -> None:
-        reactor.callFromThread(daemon.reload)
+        reactor.callFromThread(reload)
 
     signal.signal(signal.SIGHUP, on_hup)
+    reactor.addSystemEventTrigger("before", "shutdown", sdnotify.stopping)
     reactor.addSystemEventTrigger("before", "shutdown", daemon.stop)
     from twisted.internet.task import LoopingCall
 
@@ -511,5 +519,6 @@ def run_daemon(config_path: str) -> int:
     recheck.clock = reactor
     reactor.callWhenRunning(recheck.start, NETWORK_RECHECK, now=False)
     reactor.callWhenRunning(log.info, "portgate running (pid {pid})", pid=os.getpid())
+    reactor.callWhenRunning(lambda: sdnotify.ready(serving()))
     reactor.run()
     return 0

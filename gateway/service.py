@@ -16,6 +16,7 @@ from ipaddress import IPv4Address
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.clock import Clock, DelayedCall
 from gateway.errors import BackendError, GatewayError, Reason, StoreError
@@ -34,6 +35,9 @@ from gateway.requests import ExternalAddress, GetExternalAddress, Request, Resul
 from gateway.table import MappingTable
 
 log = Logger(namespace="portgate.service")
+
+#: Told of every answered request: the request, and None or the exception it failed with.
+RequestObserver = Callable[[Request, BaseException | None], None]
 
 #: After a failed commit, expiry and repair are retried no sooner than this (seconds).
 RETRY_DELAY = 5.0
@@ -116,6 +120,7 @@ class GatewayService:
         self._expiry_call: DelayedCall | None = None
         self._health_call: DelayedCall | None = None
         self._listeners: list[Listener] = []
+        self._request_observers: list[RequestObserver] = []
         self._epoch_start = 0.0
         self._retry_after = 0.0
         self._running = False
@@ -146,7 +151,33 @@ class GatewayService:
 
         return unsubscribe
 
+    def observe_requests(self, observer: RequestObserver) -> Callable[[], None]:
+        """Call ``observer(request, error)`` as each request is answered (error None when it
+        succeeded), e.g. for metrics; returns a function that stops it."""
+        self._request_observers.append(observer)
+
+        def stop() -> None:
+            if observer in self._request_observers:
+                self._request_observers.remove(observer)
+
+        return stop
+
     def handle(self, request: Request) -> Deferred[Result]:
+        answer = self._answer(request)
+        if self._request_observers:
+            answer.addBoth(self._tell_observers, request)
+        return answer
+
+    def _tell_observers(self, outcome: Result | Failure, request: Request) -> Result | Failure:
+        error = outcome.value if isinstance(outcome, Failure) else None
+        for observer in list(self._request_observers):
+            try:
+                observer(request, error)
+            except Exception:
+                log.failure("a request observer failed")
+        return outcome
+
+    def _answer(self, request: Request) -> Deferred[Result]:
         if isinstance(request, GetExternalAddress):
             return succeed(ExternalAddress(self.table.external_address))
         now = self.clock.now()

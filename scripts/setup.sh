@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(nftables python3-nftables iproute2 python3-venv procps miniupnpc natpmpc python3-libtorrent python3-miniupnpc)
+DEB_PACKAGES=(nftables python3-nftables iproute2 python3-venv procps miniupnpc natpmpc python3-libtorrent python3-miniupnpc systemd)
 PY=/usr/bin/python3
 VENV=.venv
 STAMP="$VENV/.portgate-installed"

@@ -19,6 +19,7 @@ from gateway.config import (
     LanConfig,
     LifetimeConfig,
     LogConfig,
+    MetricsConfig,
     NatPmpConfig,
     PcpConfig,
     PolicyConfig,
@@ -111,6 +112,7 @@ def test_defaults() -> None:
     assert config.control == ControlConfig(socket="/run/portgate/control.sock")
     assert config.backend == BackendConfig(type="nft")
     assert config.log == LogConfig(level="info", format="text")
+    assert config.metrics == MetricsConfig(enabled=False, listen="127.0.0.1:9567")
 
 
 def test_values_get_real_python_types() -> None:
@@ -227,7 +229,7 @@ def test_yaml_anchors_and_merge_keys_work() -> None:
         pytest.param(
             BASE + "telemetry: true",
             "x.yaml: telemetry: unknown key (expected one of: wan, lan, lifetimes, policy, upnp,"
-            " natpmp, pcp, state, control, backend, log)",
+            " natpmp, pcp, state, control, backend, log, metrics)",
             id="unknown-top-level-key",
         ),
         pytest.param(
@@ -637,3 +639,78 @@ def configs(draw: st.DrawFn) -> Config:
 @given(configs())
 def test_dump_round_trips_any_valid_config(config: Config) -> None:
     assert parse_config(dump_config(config)) == config
+
+
+# -- metrics ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("listen", "address", "port"),
+    [
+        ("127.0.0.1:9567", "127.0.0.1", 9567),
+        ("[::1]:9100", "::1", 9100),
+        ("192.168.77.1:9567", "192.168.77.1", 9567),
+    ],
+)
+def test_metrics_listen_takes_an_explicit_address(listen: str, address: str, port: int) -> None:
+    config = parse_config(BASE + f"metrics: {{enabled: true, listen: '{listen}'}}\n")
+    assert config.metrics.enabled is True
+    assert str(config.metrics.address) == address
+    assert config.metrics.port == port
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("0.0.0.0:9567", "a wildcard address would serve the metrics on every interface"),
+        ("[::]:9567", "a wildcard address"),
+        ("localhost:9567", "expected ADDRESS:PORT with an IP address"),
+        ("127.0.0.1", "expected ADDRESS:PORT with an IP address"),
+        ("127.0.0.1:0", "(port 1-65535)"),
+        ("127.0.0.1:70000", "(port 1-65535)"),
+        ("::1:9567", "expected ADDRESS:PORT with an IP address"),
+    ],
+)
+def test_metrics_listen_refuses_wildcards_and_non_addresses(listen: str, expected: str) -> None:
+    message = error_of(BASE + f"metrics: {{listen: '{listen}'}}\n")
+    assert message.startswith("x.yaml: metrics.listen: ")
+    assert expected in message
+
+
+def test_metrics_may_not_listen_on_the_external_address() -> None:
+    message = error_of(
+        "wan: {interface: eth0, external_address: 203.0.113.1}\n"
+        "lan: [{interface: br-lan}]\n"
+        "metrics: {enabled: true, listen: '203.0.113.1:9567'}\n"
+    )
+    assert message.startswith("x.yaml: metrics.listen: expected a loopback or admin address")
+
+
+# -- portgate config check ------------------------------------------------------------------
+
+
+def test_config_check_prints_the_effective_config_with_defaults(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    path = tmp_path / "portgate.yaml"
+    path.write_text(BASE)
+    assert main(["config", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert parse_config(out) == DEFAULTS
+    assert "listen: 127.0.0.1:9567" in out
+
+
+def test_config_check_names_the_bad_key_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    path = tmp_path / "portgate.yaml"
+    path.write_text(BASE + "metrics: {listen: '0.0.0.0:9567'}\n")
+    assert main(["config", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"portgate: {path}: metrics.listen: expected a loopback")
+    assert captured.err.count("\n") == 1
