@@ -28,6 +28,8 @@ from twisted.logger import (
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
+    formatEvent,
     globalLogBeginner,
 )
 
@@ -90,10 +92,27 @@ class _LineObserver:
             pass
 
 
+#: Twisted's own chatter about ports opening and closing ("... starting on ...", "(UDP Port
+#: 5351 Closed)"): debug detail, not audit lines; our own log says what listens where.
+_TWISTED_PORT_CHATTER = ("starting on ", "Starting protocol ", "Stopping protocol ", " Closed)")
+
+
+def _quiet_twisted_ports(event: LogEvent) -> PredicateResult:
+    verdict: PredicateResult = PredicateResult.maybe
+    if event.get("log_namespace") == "log_legacy" and event.get("log_level") == LogLevel.info:
+        text = formatEvent(event)
+        if any(part in text for part in _TWISTED_PORT_CHATTER):
+            verdict = PredicateResult.no
+    return verdict
+
+
 def start_logging(config: Config, stream: IO[str] = sys.stderr) -> LogLevelFilterPredicate:
     predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[config.log.level])
     lines = cast(ILogObserver, _LineObserver(stream, config.log.format == "json"))
-    observer = FilteringLogObserver(lines, [cast(ILogFilterPredicate, predicate)])
+    predicates = [cast(ILogFilterPredicate, predicate)]
+    if config.log.level != "debug":
+        predicates.insert(0, cast(ILogFilterPredicate, _quiet_twisted_ports))
+    observer = FilteringLogObserver(lines, predicates)
     globalLogBeginner.beginLoggingTo([cast(ILogObserver, observer)], redirectStandardIO=False)
     return predicate
 
