@@ -24,7 +24,7 @@ from backends.nft.ruleset import (
     replace_table_text,
     skeleton_intact,
 )
-from backends.nft.runner import NftRunner
+from backends.nft.runner import Json, NftRunner
 from gateway.errors import BackendError
 from gateway.model import Change, KernelEntry, Mapping, kernel_view
 
@@ -53,6 +53,19 @@ def net_effect(changes: Sequence[Change]) -> tuple[list[KernelEntry], list[Kerne
             else:
                 added[entry] = None
     return list(removed), list(added)
+
+
+def _of_table(items: list[Json], family: str, table: str) -> list[Json]:
+    """The items of one table in a ``list ruleset`` output."""
+    mine: list[Json] = []
+    for item in items:
+        for kind, body in item.items():
+            if not isinstance(body, dict) or body.get("family") != family:
+                continue
+            name = body.get("name") if kind == "table" else body.get("table")
+            if name == table:
+                mine.append(item)
+    return mine
 
 
 class NftBackend:
@@ -168,11 +181,18 @@ class NftBackend:
             log.info("nftables table {table} removed", table=self.table_name)
 
     def healthy(self) -> bool:
+        """Cheap: one terse ``list ruleset`` (about a millisecond even with 10,000 elements;
+        libnftables' ``list table`` loads every element, terse or not)."""
         try:
-            dump = self._read(terse=True)
-            foreign = self._read_foreign(terse=True)
+            items = self.runner.list("ruleset", terse=True) or []
         except BackendError:
             return False
-        if foreign is not None and not foreign.intact():
+        own = _of_table(items, FAMILY, self.layout.table)
+        dump = read_dump(own, self.layout) if own else None
+        if dump is None or dump.foreign or not skeleton_intact(dump, self.layout, elements=False):
             return False
-        return dump is not None and skeleton_intact(dump, self.layout, elements=False)
+        jump = self.layout.forward_jump
+        if jump is None:
+            return True
+        foreign = read_foreign(_of_table(items, jump.family, jump.table), self.layout)
+        return foreign is not None and foreign.intact()
