@@ -14,11 +14,11 @@ run: setup
 test: setup lint typecheck contracts pytest
 
 lint:
-	$(BIN)/ruff check $(PKGS) tests
-	$(BIN)/ruff format --check $(PKGS) tests
+	$(BIN)/ruff check $(PKGS) tests fuzz
+	$(BIN)/ruff format --check $(PKGS) tests fuzz
 
 typecheck:
-	$(BIN)/mypy $(PKGS)
+	$(BIN)/mypy $(PKGS) fuzz
 
 contracts:
 	$(BIN)/lint-imports

@@ -19,6 +19,7 @@ from ipaddress import IPv4Address, IPv6Address
 from types import FrameType
 from typing import IO, Any, cast
 
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import CannotListenError
 from twisted.logger import (
     FilteringLogObserver,
@@ -46,6 +47,7 @@ from gateway.errors import BackendError, StoreError
 from gateway.metrics import start_metrics
 from gateway.model import IPAddress
 from gateway.netinfo import InterfaceInfo, external_ipv4, read_interfaces
+from gateway.netwatch import watch_interfaces
 from gateway.policy import Lan, Policy
 from gateway.ports import Backend
 from gateway.service import GatewayService
@@ -134,6 +136,10 @@ class Daemon:
     upnp: UpnpFrontEnd | None = None
     upnp_ports: list[Any] = field(default_factory=list)
     ssdp: SsdpServer | None = None
+    #: stops the netlink watch that calls recheck_network on interface changes
+    stop_watching: Callable[[], None] | None = None
+    restarting: bool = False
+    stopped: bool = False
 
     def is_lan(self, address: IPAddress) -> bool:
         """The LAN check the front-ends apply to every source (follows SIGHUP and address
@@ -270,16 +276,17 @@ class Daemon:
 
         return location
 
-    def stop_upnp(self, final: bool) -> None:
+    def stop_upnp(self, final: bool) -> list[Deferred[None]]:
+        """Stop listening; returns what fires once the HTTP sockets are closed."""
         if self.ssdp is not None:
             self.ssdp.stop()
             self.ssdp = None
-        for port in self.upnp_ports:
-            port.stopListening()
+        closing = [port.stopListening() for port in self.upnp_ports]
         self.upnp_ports = []
         if final and self.upnp is not None:
             self.upnp.stop()
             self.upnp = None
+        return [d for d in closing if d is not None]
 
     def start_udp5351(self) -> None:
         config = self.config
@@ -316,10 +323,29 @@ class Daemon:
             addresses=", ".join(str(a) for a in addresses),
         )
 
-    def stop_udp5351(self) -> None:
-        for port in self.udp5351_ports:
-            port.stopListening()
+    def stop_udp5351(self) -> list[Deferred[None]]:
+        """Stop listening; returns what fires once the sockets are closed."""
+        closing = [port.stopListening() for port in self.udp5351_ports]
         self.udp5351_ports = []
+        return [d for d in closing if d is not None]
+
+    def restart_frontends(self) -> None:
+        """Listen again on the LAN addresses as they are now. Twisted closes a port's socket
+        only at the reactor's next turn, so the new sockets open once the old ones are gone
+        (else the same address and port are still in use); changes that arrive meanwhile
+        are picked up by that start, which reads the addresses when it runs."""
+        if self.restarting:
+            return
+        self.restarting = True
+        closing = self.stop_udp5351() + self.stop_upnp(final=False)
+
+        def start(_: object) -> None:
+            self.restarting = False
+            if not self.stopped:
+                self.start_udp5351()
+                self.start_upnp()
+
+        gatherResults(closing, consumeErrors=True).addBoth(start)
 
     def stop_frontends(self) -> None:
         self.stop_udp5351()
@@ -360,10 +386,7 @@ class Daemon:
             self.lan_info = lan_info
             self.service.set_policy(build_policy(self.config, lan_info))
             if self.lan_addresses() != old_addresses:
-                self.stop_udp5351()
-                self.start_udp5351()
-                self.stop_upnp(final=False)
-                self.start_upnp()
+                self.restart_frontends()
             log.info("LAN prefixes: {prefixes}", prefixes=_prefix_text(self.service.policy.lan))
         if self.config.wan.external_address is None:
             address = external_ipv4(info.get(self.config.wan.interface))
@@ -376,6 +399,10 @@ class Daemon:
                 self.service.set_external_address(address)
 
     def stop(self) -> None:
+        self.stopped = True
+        if self.stop_watching is not None:
+            self.stop_watching()
+            self.stop_watching = None
         self.stop_frontends()
         keep = self.config.state.keep_mappings_on_stop
         self.service.stop(keep_mappings=keep)
@@ -486,6 +513,14 @@ def start_daemon(config_path: str, config: Config, reactor: Any) -> Daemon:
         raise StartupError(f"admin socket {config.control.socket}: {error}") from error
     log.info("admin socket listening on {path}", path=config.control.socket)
     daemon.start_frontends()
+    try:
+        daemon.stop_watching = watch_interfaces(reactor, names, daemon.recheck_network)
+    except OSError as error:
+        log.warn(
+            "cannot watch interfaces through netlink ({error}); rechecking every {every} s",
+            error=error,
+            every=NETWORK_RECHECK,
+        )
     if config.metrics.enabled:
 
         def gena_subscriptions() -> int:

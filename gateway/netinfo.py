@@ -1,5 +1,7 @@
 """What the kernel says about our interfaces: addresses and prefixes, read over netlink
-(pyroute2). Used by the daemon at start and on its periodic re-check."""
+(pyroute2). Used by the daemon at start, on its periodic re-check and whenever netlink reports
+a change (``gateway.netwatch``). Addresses that cannot be bound yet (IPv6 duplicate address
+detection still running, or failed) are left out until the kernel says they are usable."""
 
 from __future__ import annotations
 
@@ -11,11 +13,15 @@ from ipaddress import (
     IPv6Interface,
     ip_interface,
 )
+from typing import Any
 
 from pyroute2 import IPRoute
 
 #: RT_SCOPE_UNIVERSE: a global address (not host- or link-scoped).
 SCOPE_UNIVERSE = 0
+#: ifa_flags (linux/if_addr.h)
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +55,20 @@ def read_interfaces(names: list[str]) -> dict[str, InterfaceInfo | None]:
             addresses: list[IPv4Interface | IPv6Interface] = []
             for msg in ipr.get_addr(index=index):
                 address = msg.get("IFA_ADDRESS")
-                if address is None:
+                if address is None or _unusable(msg):
                     continue
                 addresses.append(ip_interface(f"{address}/{int(msg['prefixlen'])}"))
             found[name] = InterfaceInfo(name, index, tuple(addresses), up)
     return found
+
+
+def _unusable(msg: Any) -> bool:
+    """An IPv6 address still in duplicate address detection (or failed it): it cannot be
+    bound yet. The kernel announces it again (RTM_NEWADDR) once DAD is done."""
+    flags = msg.get_attr("IFA_FLAGS")
+    if flags is None:
+        flags = msg.get("flags") or 0
+    return bool(int(flags) & (IFA_F_TENTATIVE | IFA_F_DADFAILED))
 
 
 def external_ipv4(info: InterfaceInfo | None) -> IPv4Address | None:

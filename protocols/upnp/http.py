@@ -487,14 +487,19 @@ class _Channel(HTTPChannel):
             self._deadline.cancel()
         self._deadline = None
         if self.site is not None:
-            self.site.release(self.peer_host)
+            self.site.release(self)
         parent: Any = super()
         parent.connectionLost(reason)
 
 
 class _UpnpSite(Site):
-    """A site that refuses connections beyond the per-peer and total limits and keeps no
-    access log (per-request lines are debug only)."""
+    """A site that bounds connections per peer and in total and keeps no access log
+    (per-request lines are debug only).
+
+    At the total cap a new peer still gets in when another peer holds more connections than
+    it: that peer's oldest connection is closed to make room. Otherwise a client with many
+    LAN addresses (IPv6 hands them out freely) could hold every slot with slow requests and
+    lock everyone else out for minutes."""
 
     noisy = False
     displayTracebacks = False
@@ -508,7 +513,8 @@ class _UpnpSite(Site):
         parent: Any = super()  # twisted.web's Site is untyped
         parent.__init__(resource, _BoundedRequest, timeout=IDLE_TIMEOUT, reactor=reactor)
         self.protocol = _Channel  # type: ignore[assignment]
-        self._open: dict[str, int] = {}
+        #: each peer's open connections, oldest first
+        self._open: dict[str, list[_Channel]] = {}
         self._is_lan = is_lan
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -519,8 +525,11 @@ class _UpnpSite(Site):
                 # not a LAN host: close at once, say nothing (protocols.md §8.1)
                 log.debug("upnp http: dropped a connection from {peer}", peer=host)
                 return None
-        total = sum(self._open.values())
-        if total >= MAX_CONNECTIONS or self._open.get(host, 0) >= MAX_CONNECTIONS_PER_PEER:
+        mine = len(self._open.get(host, ()))
+        total = sum(len(channels) for channels in self._open.values())
+        if mine >= MAX_CONNECTIONS_PER_PEER or (
+            total >= MAX_CONNECTIONS and not self._make_room(mine)
+        ):
             log.debug("upnp http: too many connections, refused {peer}", peer=host)
             return None
         parent: Any = super()
@@ -528,15 +537,29 @@ class _UpnpSite(Site):
         if channel is None:
             return None
         channel.peer_host = host
-        self._open[host] = self._open.get(host, 0) + 1
+        self._open.setdefault(host, []).append(channel)
         return channel
 
-    def release(self, host: str) -> None:
-        count = self._open.get(host, 0) - 1
-        if count > 0:
-            self._open[host] = count
-        else:
-            self._open.pop(host, None)
+    def _make_room(self, mine: int) -> bool:
+        """Close the oldest connection of the peer holding the most, if it holds more than
+        ``mine``; True when a slot was freed."""
+        busiest = max(self._open, key=lambda host: len(self._open[host]), default=None)
+        if busiest is None or len(self._open[busiest]) <= mine:
+            return False
+        oldest = self._open[busiest][0]
+        self.release(oldest)
+        log.debug("upnp http: at the connection cap, closed one of {peer}'s", peer=busiest)
+        transport: Any = oldest.transport
+        if transport is not None:
+            transport.abortConnection()
+        return True
+
+    def release(self, channel: _Channel) -> None:
+        channels = self._open.get(channel.peer_host, [])
+        if channel in channels:
+            channels.remove(channel)
+        if not channels:
+            self._open.pop(channel.peer_host, None)
 
     def log(self, request: Any) -> None:
         return None

@@ -19,7 +19,13 @@ from twisted.python.failure import Failure
 from gateway.model import MappingKey, Proto
 from protocols.upnp.actions import Success
 from protocols.upnp.description import DEVICE_NS, UrlLayout
-from protocols.upnp.http import MAX_CONNECTIONS_PER_PEER, UpnpFrontEnd, build_site, listen_http
+from protocols.upnp.http import (
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_PEER,
+    UpnpFrontEnd,
+    build_site,
+    listen_http,
+)
 from protocols.upnp.soap import decode_fault, decode_response
 from tests.gateway.conftest import EXTERNAL, LAN, ep
 from tests.protocols.upnp.igd_rig import CLIENT, CLIENT6, Rig, add_args, pinhole_args
@@ -266,6 +272,27 @@ def test_connections_are_bounded_per_peer_and_in_time(http: Http) -> None:
         slow.dataReceived(b"X")  # type: ignore[union-attr]
         http.rig.reactor.advance(10)
     assert slow_transport.disconnecting
+
+
+def test_at_the_total_cap_a_new_peer_displaces_the_busiest_peers_oldest_connection(
+    http: Http,
+) -> None:
+    """Many addresses of one attacker cannot hold every slot (tests/robustness too)."""
+    held: list[tuple[Any, StringTransport]] = []
+    for index in range(MAX_CONNECTIONS // MAX_CONNECTIONS_PER_PEER):
+        peer = TcpV4("TCP", f"192.168.1.{100 + index}", 1)
+        for _ in range(MAX_CONNECTIONS_PER_PEER):
+            channel = http.site.buildProtocol(peer)
+            transport = StringTransport(peerAddress=peer)
+            channel.makeConnection(transport)
+            held.append((channel, transport))
+    newcomer = TcpV4("TCP", "192.168.1.30", 1)
+    assert http.site.buildProtocol(newcomer) is not None
+    assert held[0][1].disconnected  # the first peer's oldest connection made room
+    assert not any(transport.disconnected for _, transport in held[1:])
+    held[0][0].connectionLost(Failure(ConnectionDone()))  # its loss is not counted twice
+    # the per-peer cap still holds
+    assert http.site.buildProtocol(TcpV4("TCP", "192.168.1.101", 1)) is None
 
 
 # -- SOAP -----------------------------------------------------------------------------------------
