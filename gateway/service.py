@@ -39,6 +39,22 @@ log = Logger(namespace="portgate.service")
 #: Told of every answered request: the request, and None or the exception it failed with.
 RequestObserver = Callable[[Request, BaseException | None], None]
 
+#: Refusals worth an operator's attention (policy and limits), logged once per client and
+#: reason per REFUSAL_LOG_INTERVAL seconds; lookups that find nothing are not among them.
+LOGGED_REFUSALS = frozenset(
+    {
+        Reason.QUOTA,
+        Reason.TABLE_FULL,
+        Reason.POLICY_DENIED,
+        Reason.RESERVED_PORT,
+        Reason.THIRD_PARTY,
+        Reason.NOT_LAN,
+        Reason.NO_PORTS,
+        Reason.NO_EXTERNAL_ADDRESS,
+    }
+)
+REFUSAL_LOG_INTERVAL = 60.0
+
 #: After a failed commit, expiry and repair are retried no sooner than this (seconds).
 RETRY_DELAY = 5.0
 #: How often the backend is asked whether its tables are still in place.
@@ -121,6 +137,7 @@ class GatewayService:
         self._health_call: DelayedCall | None = None
         self._listeners: list[Listener] = []
         self._request_observers: list[RequestObserver] = []
+        self._refusals_logged: dict[tuple[object, Reason], float] = {}
         self._epoch_start = 0.0
         self._retry_after = 0.0
         self._running = False
@@ -184,12 +201,37 @@ class GatewayService:
         try:
             result, changes = self.table.apply(request, now)
         except GatewayError as error:
+            self._note_refusal(request, error, now)
             return fail(error)
         if not changes:
             return succeed(result)
         waiter: Deferred[Result] = Deferred()
         self._enqueue(_Pending(changes, result, waiter))
         return waiter
+
+    def _note_refusal(self, request: Request, error: GatewayError, now: float) -> None:
+        """Log a policy or limit refusal, once per client and reason per minute (a client
+        that retries in a loop must not flood the log)."""
+        owner = getattr(request, "owner", None)
+        if error.reason not in LOGGED_REFUSALS or owner is None:
+            return
+        key = (owner.client, error.reason)
+        last = self._refusals_logged.get(key)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
+            return
+        if len(self._refusals_logged) > 4096:
+            self._refusals_logged = {
+                k: t for k, t in self._refusals_logged.items() if now - t < REFUSAL_LOG_INTERVAL
+            }
+        self._refusals_logged[key] = now
+        log.info(
+            "refused {what} via={origin} client={client}: {reason} ({message})",
+            what=type(request).__name__,
+            origin=owner.origin.value,
+            client=owner.client,
+            reason=error.reason.value,
+            message=error.message,
+        )
 
     def status(self) -> dict[str, object]:
         """What ``portgate status`` shows."""

@@ -248,3 +248,31 @@ def test_a_failed_address_change_leaves_the_old_address_in_force(rig: Rig) -> No
     rig.reactor.advance(0)
     assert {m.external.address for m in rig.table} == {IPv4Address("198.51.100.7")}
     assert ExternalAddressChanged(EXTERNAL, IPv4Address("198.51.100.7")) in rig.events
+
+
+def test_a_refusal_is_logged_once_per_client_and_reason_per_minute(rig: Rig) -> None:
+    from twisted.logger import LogEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: LogEvent) -> None:
+        if event.get("log_namespace") == "portgate.service" and "refused" in str(
+            event.get("log_format", "")
+        ):
+            lines.append(f"{event['client']} {event['reason']}")
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        policy = make_table(max_mappings_per_client=1).policy
+        rig.service.set_policy(policy)
+        rig.result(rig.service.handle(natpmp_map(8080)))
+        for _ in range(5):
+            with pytest.raises(GatewayError):
+                rig.result(rig.service.handle(natpmp_map(8081)))
+        assert lines == ["192.168.1.10 quota"]
+        rig.reactor.advance(61)
+        with pytest.raises(GatewayError):
+            rig.result(rig.service.handle(natpmp_map(8082)))
+        assert lines == ["192.168.1.10 quota"] * 2
+    finally:
+        globalLogPublisher.removeObserver(observe)
