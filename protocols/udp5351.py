@@ -64,6 +64,13 @@ ANNOUNCE_FIRST_GAP = 0.25
 _MAX_DATAGRAM = 8192
 _SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
+#: Per-client request rate on UDP 5351 (requests per second, and the burst allowed): far
+#: above what a real client sends (a few requests per mapping per lease), low enough that
+#: one flooding host cannot starve the others.
+SOURCE_RATE = 1000.0
+SOURCE_BURST = 2000.0
+LIMIT_LOG_INTERVAL = 60.0
+
 
 class EpochClock:
     """The epoch both protocols report: the gateway's ``epoch_seconds``, restarted when the
@@ -114,6 +121,7 @@ class Udp5351Protocol(DatagramProtocol):
         epoch: EpochClock | None = None,
         send: Send | None = None,
         announce_on_start: bool = True,
+        limiter: SourceLimiter | None = None,
     ) -> None:
         if scheduler is None:
             from twisted.internet import reactor
@@ -123,6 +131,7 @@ class Udp5351Protocol(DatagramProtocol):
         self.local_address = local_address
         self.interface = interface
         self._is_lan = is_lan
+        self._limiter = limiter
         self._scheduler = scheduler
         self._epoch = epoch if epoch is not None else EpochClock(gateway)
         self._send = send
@@ -219,6 +228,8 @@ class Udp5351Protocol(DatagramProtocol):
             return
         if not datagram:
             return
+        if self._limiter is not None and not self._limiter.allow(source):
+            return
         version = datagram[0]
         reply: Deferred[bytes | None] | None = None
         try:
@@ -308,6 +319,59 @@ class Udp5351Protocol(DatagramProtocol):
         self._announce_call = None
 
 
+class SourceLimiter:
+    """Requests per second per LAN source, as a token bucket: a client that floods UDP 5351
+    (malware, a broken loop) has its excess dropped silently, as the RFCs allow for a server
+    under load, and the log says so once a minute per client. Shared by every socket."""
+
+    def __init__(
+        self,
+        now: Callable[[], float],
+        rate: float = SOURCE_RATE,
+        burst: float = SOURCE_BURST,
+        max_sources: int = 4096,
+    ) -> None:
+        self._now = now
+        self._rate = rate
+        self._burst = burst
+        self._max_sources = max_sources
+        self._buckets: dict[IPAddress, tuple[float, float]] = {}  # tokens, last refill
+        self._warned: dict[IPAddress, float] = {}
+
+    def allow(self, source: IPAddress) -> bool:
+        now = self._now()
+        tokens, last = self._buckets.get(source, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        if len(self._buckets) >= self._max_sources and source not in self._buckets:
+            self._forget_full(now)
+        if tokens < 1.0:
+            self._buckets[source] = (tokens, now)
+            if now - self._warned.get(source, -LIMIT_LOG_INTERVAL) >= LIMIT_LOG_INTERVAL:
+                self._warned[source] = now
+                log.info(
+                    "refused requests from {source} on UDP 5351: over {rate:.0f} per second",
+                    source=source,
+                    rate=self._rate,
+                )
+            return False
+        self._buckets[source] = (tokens - 1.0, now)
+        return True
+
+    def _forget_full(self, now: float) -> None:
+        """Drop the buckets that have refilled (they would start full anyway)."""
+        full = [
+            source
+            for source, (tokens, last) in self._buckets.items()
+            if tokens + (now - last) * self._rate >= self._burst
+        ]
+        for source in full:
+            del self._buckets[source]
+            self._warned.pop(source, None)
+        if len(self._buckets) >= self._max_sources:
+            self._buckets.clear()
+            self._warned.clear()
+
+
 def listen_udp5351(
     reactor: Any,
     addresses: Sequence[IPAddress],
@@ -328,6 +392,7 @@ def listen_udp5351(
     LAN interface of each address. A bind failure closes what was opened and raises
     ``twisted.internet.error.CannotListenError``."""
     epoch = EpochClock(gateway)
+    limiter = SourceLimiter(gateway.now)
     names = dict(interfaces or {})
     listening: list[Any] = []
     for address in addresses:
@@ -347,6 +412,7 @@ def listen_udp5351(
             scheduler=reactor,
             epoch=epoch,
             announce_on_start=announce_on_start,
+            limiter=limiter,
         )
         try:
             listening.append(

@@ -18,6 +18,7 @@ from protocols.udp5351 import (
     ALL_HOSTS_V4,
     ANNOUNCE_COUNT,
     CLIENT_PORT,
+    SourceLimiter,
     Udp5351Protocol,
     listen_udp5351,
 )
@@ -362,3 +363,16 @@ def test_a_real_loopback_socket_answers_and_sets_the_multicast_interface() -> No
         client.close()
         port.stopReading()
         port.connectionLost(None)
+
+
+def test_a_flooding_client_is_throttled_while_another_is_served(rig: Rig) -> None:
+    limiter = SourceLimiter(rig.service.now, rate=10, burst=20)
+    sock = Socket(rig, limiter=limiter)
+    public_address_request = b"\x00\x00"
+    answered = sum(len(sock.receive(public_address_request)) for _ in range(100))
+    assert answered == 20  # the burst, then nothing more this instant
+    other = IPv4Address("192.168.1.77")
+    assert len(sock.receive(public_address_request, other)) == 1
+    rig.reactor.advance(1.0)  # ten more tokens a second
+    answered = sum(len(sock.receive(public_address_request)) for _ in range(100))
+    assert answered == 10
