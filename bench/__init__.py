@@ -1,0 +1,1 @@
+"""Benchmarks: portgate and miniupnpd side by side in network-namespace labs."""
