@@ -274,7 +274,11 @@ class GatewayService:
             )
         moved = self.table.set_external_address(self.table.external_address)
         self.backend.install(list(self.table))
-        self.store.replace_all(list(self.table), now, wall)
+        # the store already holds what was loaded: write only what start-up changed
+        fixes = [Change(ChangeKind.REMOVED, m, None) for m in dropped] + moved
+        if fixes:
+            self.store.stage(fixes, now, wall)
+            self.store.commit()
         self._start_epoch(now, wall, bool(len(self.table)))
         self.stats.started = now
         self._running = True

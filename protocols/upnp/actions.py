@@ -107,8 +107,9 @@ log = Logger(namespace="portgate.upnp")
 _T = TypeVar("_T")
 Outs = list[tuple[str, str | Cdata]]
 
-#: GetListOfPortMappings never returns more entries than this (NewNumberOfPorts 0 = this).
-LIST_LIMIT = 1000
+#: GetListOfPortMappings never returns more entries than this (NewNumberOfPorts 0 = this):
+#: one per port of one protocol, so "all" really is all (the table's own limit is lower).
+LIST_LIMIT = 65535
 #: Longer NewPortMappingDescription values are cut to this many characters.
 MAX_DESCRIPTION = 128
 #: A string argument longer than this is refused with 605.
