@@ -201,7 +201,8 @@ _CUSTOM_EXPECTED: dict[type, str] = {
 def _dec_hook(type_: type, value: Any) -> Any:
     decoder = _DECODERS.get(type_)
     if decoder is None:
-        raise NotImplementedError(f"no decoder for {type_!r}")
+        # msgspec turns this into a ValidationError naming the key path
+        raise TypeError(f"no decoder for {type_!r}")
     return decoder(value)
 
 

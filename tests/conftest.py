@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.netlab import Lab, unique_prefix
+from tests.netlab import GatewayDaemon, Lab, unique_prefix
 
 
 @pytest.fixture
@@ -18,3 +20,14 @@ def lab() -> Iterator[Lab]:
         yield lab
     finally:
         lab.down()
+
+
+@pytest.fixture
+def daemon(lab: Lab, tmp_path: Path) -> Iterator[GatewayDaemon]:
+    """`portgate run` with the nft backend in the lab's gateway, killed afterwards."""
+    d = GatewayDaemon(lab, tmp_path)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop(signal.SIGKILL)

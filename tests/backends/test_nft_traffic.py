@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -26,16 +25,6 @@ from tests.netlab import (
 )
 
 pytestmark = pytest.mark.netns
-
-
-@pytest.fixture
-def daemon(lab: Lab, tmp_path: Path) -> Iterator[GatewayDaemon]:
-    d = GatewayDaemon(lab, tmp_path)
-    d.start()
-    try:
-        yield d
-    finally:
-        d.stop(signal.SIGKILL)
 
 
 def test_tcp_and_udp_reach_the_lan_host_until_the_mapping_is_deleted(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import signal
 import socket
-from collections.abc import Iterator
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
@@ -38,16 +37,6 @@ from tests.netlab import (
 )
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
-
-
-@pytest.fixture
-def daemon(lab: Lab, tmp_path: Path) -> Iterator[GatewayDaemon]:
-    d = GatewayDaemon(lab, tmp_path)
-    d.start()
-    try:
-        yield d
-    finally:
-        d.stop(signal.SIGKILL)
 
 
 def natpmpc(lab: Lab, namespace: str, *args: str, gateway: str = GW_LAN) -> str:

@@ -5,11 +5,8 @@ async-upnp-client; with real traffic from the WAN host and nothing answered on t
 from __future__ import annotations
 
 import re
-import signal
 import socket
 import textwrap
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,16 +22,6 @@ from tests.netlab import (
 )
 
 pytestmark = [pytest.mark.netns, pytest.mark.e2e]
-
-
-@pytest.fixture
-def daemon(lab: Lab, tmp_path: Path) -> Iterator[GatewayDaemon]:
-    d = GatewayDaemon(lab, tmp_path)
-    d.start()
-    try:
-        yield d
-    finally:
-        d.stop(signal.SIGKILL)
 
 
 def upnpc(lab: Lab, namespace: str, *args: str) -> str:
