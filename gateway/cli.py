@@ -67,9 +67,24 @@ def _add_import_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--control-socket", metavar="PATH", help="set control.socket")
 
 
+def _lean_daemon(config_path: str) -> None:
+    """Keep OpenSSL out of the daemon (see gateway.memory), before its imports; unless metrics
+    are on: prometheus_client needs ``ssl``. (A broken config is reported by ``run_daemon``.)"""
+    from gateway.config import ConfigError, load_config
+    from gateway.memory import keep_openssl_out
+
+    try:
+        metrics = load_config(config_path).metrics.enabled
+    except ConfigError:
+        return
+    if not metrics:
+        keep_openssl_out()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
+        _lean_daemon(args.config)
         from gateway.daemon import run_daemon
 
         return run_daemon(args.config)

@@ -44,7 +44,7 @@ from gateway.clock import Clock
 from gateway.config import Config, ConfigError, load_config
 from gateway.control import ControlError, listen_control
 from gateway.errors import BackendError, StoreError
-from gateway.metrics import start_metrics
+from gateway.memory import release_free_memory
 from gateway.model import IPAddress
 from gateway.netinfo import InterfaceInfo, external_ipv4, read_interfaces
 from gateway.netwatch import watch_interfaces
@@ -64,6 +64,8 @@ log = Logger(namespace="portgate.daemon")
 
 #: How often interface addresses are read again (LAN prefixes, learned external address).
 NETWORK_RECHECK = 10.0
+#: How often freed heap pages are handed back to the system (gateway.memory).
+RELEASE_MEMORY_EVERY = 60.0
 
 _LEVELS = {
     "debug": LogLevel.debug,
@@ -522,6 +524,9 @@ def start_daemon(config_path: str, config: Config, reactor: Any) -> Daemon:
             every=NETWORK_RECHECK,
         )
     if config.metrics.enabled:
+        # imported only here: prometheus_client costs ~4 MB resident (and needs ssl, which
+        # gateway.cli leaves importable when metrics are on)
+        from gateway.metrics import start_metrics
 
         def gena_subscriptions() -> int:
             upnp = daemon.upnp
@@ -572,6 +577,11 @@ def run_daemon(config_path: str) -> int:
     recheck = LoopingCall(daemon.recheck_network)
     recheck.clock = reactor
     reactor.callWhenRunning(recheck.start, NETWORK_RECHECK, now=False)
+    # start-up's transients (the nftables dump, the install script) are freed by now; give
+    # their pages back, then keep doing so for later bursts (see gateway.memory)
+    trim = LoopingCall(release_free_memory)
+    trim.clock = reactor
+    reactor.callWhenRunning(trim.start, RELEASE_MEMORY_EVERY, now=True)
     reactor.callWhenRunning(log.info, "portgate running (pid {pid})", pid=os.getpid())
     reactor.callWhenRunning(lambda: sdnotify.ready(serving()))
     reactor.run()

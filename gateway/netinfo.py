@@ -1,7 +1,8 @@
 """What the kernel says about our interfaces: addresses and prefixes, read over netlink
-(pyroute2). Used by the daemon at start, on its periodic re-check and whenever netlink reports
-a change (``gateway.netwatch``). Addresses that cannot be bound yet (IPv6 duplicate address
-detection still running, or failed) are left out until the kernel says they are usable."""
+(two dumps decoded by pyroute2, ``gateway.rtnl``). Used by the daemon at start, on its periodic
+re-check and whenever netlink reports a change (``gateway.netwatch``). Addresses that cannot be
+bound yet (IPv6 duplicate address detection still running, or failed) are left out until the
+kernel says they are usable."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from ipaddress import (
 )
 from typing import Any
 
-from pyroute2 import IPRoute
+from gateway import rtnl
 
+#: IFF_UP (linux/if.h)
+IFF_UP = 0x1
 #: RT_SCOPE_UNIVERSE: a global address (not host- or link-scoped).
 SCOPE_UNIVERSE = 0
 #: ifa_flags (linux/if_addr.h)
@@ -41,24 +44,32 @@ class InterfaceInfo:
 
 
 def read_interfaces(names: list[str]) -> dict[str, InterfaceInfo | None]:
-    """Addresses of the named interfaces; None for an interface that does not exist."""
-    found: dict[str, InterfaceInfo | None] = {}
-    with IPRoute() as ipr:
-        for name in names:
-            indexes = ipr.link_lookup(ifname=name)
-            if not indexes:
-                found[name] = None
+    """Addresses of the named interfaces; None for an interface that does not exist.
+    Raises OSError if netlink cannot be read."""
+    links = {
+        str(msg.get_attr("IFLA_IFNAME")): msg
+        for msg in rtnl.dump(rtnl.RTM_GETLINK)
+        if msg.get_attr("IFLA_IFNAME") in names
+    }
+    by_index: dict[int, list[IPv4Interface | IPv6Interface]] = {
+        int(msg["index"]): [] for msg in links.values()
+    }
+    if by_index:
+        for msg in rtnl.dump(rtnl.RTM_GETADDR):
+            addresses = by_index.get(int(msg["index"]))
+            address = msg.get_attr("IFA_ADDRESS")
+            if addresses is None or address is None or _unusable(msg):
                 continue
-            index = int(indexes[0])
-            links = ipr.get_links(index)
-            up = bool(links) and bool(int(links[0]["flags"]) & 1)
-            addresses: list[IPv4Interface | IPv6Interface] = []
-            for msg in ipr.get_addr(index=index):
-                address = msg.get("IFA_ADDRESS")
-                if address is None or _unusable(msg):
-                    continue
-                addresses.append(ip_interface(f"{address}/{int(msg['prefixlen'])}"))
-            found[name] = InterfaceInfo(name, index, tuple(addresses), up)
+            addresses.append(ip_interface(f"{address}/{int(msg['prefixlen'])}"))
+    found: dict[str, InterfaceInfo | None] = {}
+    for name in names:
+        link = links.get(name)
+        if link is None:
+            found[name] = None
+            continue
+        index = int(link["index"])
+        up = bool(int(link["flags"]) & IFF_UP)
+        found[name] = InterfaceInfo(name, index, tuple(by_index[index]), up)
     return found
 
 

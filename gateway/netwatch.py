@@ -13,7 +13,8 @@ each call, and ``get()`` hands back one message per call while keeping the rest 
 in an internal queue, so the descriptor's readiness no longer says whether messages are
 waiting, and a ``get()`` with nothing queued blocks the reactor. A plain ``AF_NETLINK`` socket
 is read without blocking until it is empty on every wake-up; pyroute2 still does the part it is
-good at, decoding the messages (``MarshalRtnl``). Should the kernel's queue overflow (ENOBUFS,
+good at, decoding the messages (its ``Marshal``, loaded without the rest of pyroute2:
+``gateway.rtnl``). Should the kernel's queue overflow (ENOBUFS,
 events were lost), the watcher reports a change anyway: the daemon re-reads everything.
 
 Nothing here decides what a change means: the daemon's ``recheck_network`` compares what it
@@ -28,14 +29,10 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pyroute2.netlink.rtnl import (
-    RTMGRP_IPV4_IFADDR,
-    RTMGRP_IPV6_IFADDR,
-    RTMGRP_LINK,
-)
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from gateway.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK, marshal
 
 __all__ = ["SETTLE", "InterfaceWatcher", "watch_interfaces"]
 
@@ -70,7 +67,7 @@ class InterfaceWatcher:
         self._names = frozenset(names)
         self._on_change = on_change
         self._settle = settle
-        self._marshal = MarshalRtnl()
+        self._marshal = marshal()
         self._sock: socket.socket | None = None
         self._pending: Any = None
         #: interface index -> name, for address events (which carry only the index)

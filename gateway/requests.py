@@ -122,6 +122,8 @@ class ListMappings:
     client: IPAddress | None = None
     limit: int | None = None
     include_pinholes: bool = False
+    #: only the entries to this internal endpoint (an index lookup: PCP asks before each MAP)
+    internal: Endpoint | None = None
 
 
 @dataclass(frozen=True, slots=True)

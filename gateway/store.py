@@ -30,6 +30,7 @@ from gateway.model import (
     Change,
     ChangeKind,
     Endpoint,
+    IPAddress,
     Kind,
     Mapping,
     MappingKey,
@@ -41,6 +42,8 @@ from gateway.model import (
 
 #: ``PRAGMA application_id`` of a portgate store ("PGat"): tells our file from other SQLite files.
 APPLICATION_ID = int.from_bytes(b"PGat", "big")
+#: SQLite's page cache per connection, in KiB (its default is 2,000).
+CACHE_KIB = 256
 #: ``PRAGMA user_version`` written by this code. Bump it with a migration in ``_MIGRATIONS``.
 SCHEMA_VERSION = 1
 
@@ -123,7 +126,8 @@ class LeaseStore:
                 (wall,),
             )
             rows = conn.execute(_SELECT).fetchall()
-        return [self._mapping(row, now, wall) for row in rows]
+        shared = _Shared()
+        return [self._mapping(row, now, wall, shared) for row in rows]
 
     def stage(self, changes: Sequence[Change], now: float, wall: float) -> None:
         """Write ``changes`` into the open batch, opening one (BEGIN IMMEDIATE) if none is.
@@ -287,6 +291,9 @@ class LeaseStore:
                 if str(mode).lower() != "wal":
                     raise StoreError(f"store {self._path}: WAL journal mode refused ({mode})")
             conn.execute("PRAGMA synchronous = FULL")
+            # the whole table is read once, at start; later work touches a few pages per batch,
+            # so SQLite's default 2 MB page cache would mostly hold start-up's pages
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         if version < SCHEMA_VERSION:
             self._upgrade(conn)
         elif missing := sorted(_OWN_TABLES - tables):
@@ -364,9 +371,9 @@ class LeaseStore:
             conn.execute(_DELETE, (before.uid,))
         conn.execute(_UPSERT, _row(after, now, wall))
 
-    def _mapping(self, row: Sequence[Any], now: float, wall: float) -> Mapping:
+    def _mapping(self, row: Sequence[Any], now: float, wall: float, shared: _Shared) -> Mapping:
         try:
-            return _mapping(row, now, wall)
+            return _mapping(row, now, wall, shared)
         except (ValueError, TypeError, KeyError) as exc:
             raise StoreError(f"store {self._path}: lease uid {row[0]} is invalid: {exc}") from exc
 
@@ -403,7 +410,37 @@ def _row(m: Mapping, now: float, wall: float) -> tuple[object, ...]:
     )
 
 
-def _mapping(row: Sequence[Any], now: float, wall: float) -> Mapping:
+class _Shared:
+    """Equal values that many rows repeat, made once per load: 10,000 leases of 100 hosts then
+    hold 102 address objects rather than 30,000 (2.3 MB) and one ``Owner`` per client and
+    protocol. Everything shared is immutable."""
+
+    def __init__(self) -> None:
+        self._addresses: dict[str, IPAddress] = {}
+        self._owners: dict[tuple[Origin, IPAddress, bool], Owner] = {}
+        self._ints: dict[int, int] = {}
+
+    def address(self, text: str) -> IPAddress:
+        address = self._addresses.get(text)
+        if address is None:
+            address = self._addresses[text] = ip_address(text)
+        return address
+
+    def owner(self, origin: Origin, client: IPAddress, nonce: bytes | None, third: bool) -> Owner:
+        if nonce is not None:  # a PCP nonce is per mapping
+            return Owner(origin, client, nonce, third)
+        key = (origin, client, third)
+        owner = self._owners.get(key)
+        if owner is None:
+            owner = self._owners[key] = Owner(origin, client, None, third)
+        return owner
+
+    def lifetime(self, value: int) -> int:
+        """Lifetimes repeat (a client asks for the same one each time)."""
+        return self._ints.setdefault(value, value)
+
+
+def _mapping(row: Sequence[Any], now: float, wall: float, shared: _Shared) -> Mapping:
     (
         uid,
         kind,
@@ -428,13 +465,13 @@ def _mapping(row: Sequence[Any], now: float, wall: float) -> Mapping:
     return Mapping(
         uid=int(uid),
         kind=Kind(kind),
-        key=MappingKey(Proto(proto), Endpoint(ip_address(ext_address), int(ext_port))),
-        internal=Endpoint(ip_address(int_address), int(int_port)),
-        owner=Owner(Origin(origin), ip_address(client), nonce, bool(third_party)),
+        key=MappingKey(Proto(proto), Endpoint(shared.address(ext_address), int(ext_port))),
+        internal=Endpoint(shared.address(int_address), int(int_port)),
+        owner=shared.owner(Origin(origin), shared.address(client), nonce, bool(third_party)),
         description=str(description),
         filters=tuple(RemoteFilter(ip_network(p), int(port)) for p, port in json.loads(filters)),
         enabled=bool(enabled),
         expires=None if expires_wall is None else now + (float(expires_wall) - wall),
         created=now + (float(created_wall) - wall),
-        lifetime=None if lifetime is None else int(lifetime),
+        lifetime=None if lifetime is None else shared.lifetime(int(lifetime)),
     )

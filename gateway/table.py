@@ -96,7 +96,9 @@ class MappingTable:
         self._by_uid: dict[int, Mapping] = {}
         self._port_map_order: SortedList = SortedList()  # uids of port maps, creation order
         self._by_key: dict[MappingKey, int] = {}
-        self._by_internal: dict[InternalKey, set[int]] = {}
+        #: one uid, or a set once an endpoint has several entries (rare: a uid per mapping as
+        #: a set of one cost 245 bytes each, the biggest item of a large table)
+        self._by_internal: dict[InternalKey, int | set[int]] = {}
         self._by_client: dict[IPAddress, set[int]] = {}
         self._pinholes: dict[PinholeKey, int] = {}
         self._deadlines: list[tuple[float, int]] = []
@@ -137,7 +139,14 @@ class MappingTable:
             self._port_map_order.add(uid)
         else:
             self._pinholes[_pinhole_key(mapping)] = uid
-        self._by_internal.setdefault(_internal_key(mapping), set()).add(uid)
+        key = _internal_key(mapping)
+        held = self._by_internal.get(key)
+        if held is None:
+            self._by_internal[key] = uid
+        elif isinstance(held, int):
+            self._by_internal[key] = {held, uid}
+        else:
+            held.add(uid)
         self._by_client.setdefault(mapping.owner.client, set()).add(uid)
         if mapping.expires is not None:
             heapq.heappush(self._deadlines, (mapping.expires, uid))
@@ -152,9 +161,29 @@ class MappingTable:
             self._port_map_order.remove(uid)
         else:
             del self._pinholes[_pinhole_key(mapping)]
-        self._discard(self._by_internal, _internal_key(mapping), uid)
+        self._discard_internal(_internal_key(mapping), uid)
         self._discard(self._by_client, mapping.owner.client, uid)
         # the deadline heap is cleaned lazily (see next_deadline)
+
+    def _discard_internal(self, key: InternalKey, uid: int) -> None:
+        held = self._by_internal.get(key)
+        if held is None:
+            return
+        if isinstance(held, int):
+            if held == uid:
+                del self._by_internal[key]
+            return
+        held.discard(uid)
+        if len(held) == 1:
+            self._by_internal[key] = next(iter(held))
+        elif not held:
+            del self._by_internal[key]
+
+    def _for_internal(self, proto: Proto, internal: Endpoint) -> tuple[int, ...] | set[int]:
+        held = self._by_internal.get((proto, internal.address, internal.port))
+        if held is None:
+            return ()
+        return (held,) if isinstance(held, int) else held
 
     @staticmethod
     def _discard(index: dict[_K, set[int]], key: _K, uid: int) -> None:
@@ -413,7 +442,7 @@ class MappingTable:
         """The entry a NAT-PMP/PCP request for this internal endpoint refers to, or None.
 
         A PCP entry with another nonce refuses the request (NOT_AUTHORIZED)."""
-        uids = self._by_internal.get((proto, internal.address, internal.port))
+        uids = self._for_internal(proto, internal)
         if not uids:
             return None
         candidates = sorted(
@@ -521,7 +550,7 @@ class MappingTable:
         return Removed((mapping,)), [self._remove(mapping)]
 
     def _unmap_internal(self, r: UnmapInternal, now: float) -> tuple[Result, list[Change]]:
-        uids = self._by_internal.get((r.proto, r.internal.address, r.internal.port))
+        uids = self._for_internal(r.proto, r.internal)
         if not uids:
             return Removed(()), []
         entries = sorted((self._by_uid[uid] for uid in uids), key=lambda m: m.uid)
@@ -627,10 +656,18 @@ class MappingTable:
     # Listing ------------------------------------------------------------------------------
 
     def _list(self, r: ListMappings, now: float) -> Listing:
-        if r.client is not None:
+        if r.internal is not None:
             pool: Iterable[Mapping] = (
-                self._by_uid[uid] for uid in self._by_client.get(r.client, ())
+                m
+                for m in (
+                    self._by_uid[uid]
+                    for proto in ((r.proto,) if r.proto is not None else tuple(Proto))
+                    for uid in self._for_internal(proto, r.internal)
+                )
+                if r.client is None or m.owner.client == r.client
             )
+        elif r.client is not None:
+            pool = (self._by_uid[uid] for uid in self._by_client.get(r.client, ()))
         else:
             pool = self._by_uid.values()
         chosen = sorted(

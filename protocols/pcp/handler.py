@@ -14,9 +14,10 @@ bytes, or None when the datagram is dropped; it never fails.
 - DESCRIPTION (RFC 7220): kept (128 bytes at most) as the mapping's description and echoed.
 - ANNOUNCE: SUCCESS with the epoch.
 
-Before a MAP or PEER the handler reads the client's own mappings (``ListMappings``, answered at
-once by the service, so nothing runs in between): RFC 6887's filter merging and PREFER_FAILURE
-on an existing mapping need the mapping's current state.
+Before a MAP or PEER the handler reads the client's own mappings of that internal endpoint
+(``ListMappings``, an index lookup answered at once by the service, so nothing runs in
+between): RFC 6887's filter merging and PREFER_FAILURE on an existing mapping need the
+mapping's current state.
 """
 
 from __future__ import annotations
@@ -233,7 +234,7 @@ class PcpHandler:
         pinhole = isinstance(internal.address, IPv6Address)
         self._check_suggestion(request, body, internal, pinhole)
         listing = self._gateway.handle(
-            ListMappings(client=source, proto=proto, include_pinholes=pinhole)
+            ListMappings(client=source, proto=proto, include_pinholes=pinhole, internal=internal)
         )
         granted = listing.addCallback(self._apply, request, body, owner, proto, internal, pinhole)
         return granted.addCallback(self._granted, request, body, owner, reply_to)

@@ -1113,6 +1113,12 @@ def test_list_filters_by_protocol_range_client_and_limit(table: MappingTable) ->
     ]
     assert listed(ListMappings(limit=2)) == [("tcp", 6000), ("tcp", 6500)]
     assert listed(ListMappings(client=ip_address("192.168.1.99"))) == []
+    here = Endpoint(ip_address(HOST), 5001)
+    assert listed(ListMappings(internal=here)) == [("udp", 6000)]
+    assert listed(ListMappings(internal=here, proto=Proto.TCP)) == []
+    there = Endpoint(ip_address(OTHER), 5000)
+    assert listed(ListMappings(internal=there)) == [("tcp", 6000)]
+    assert listed(ListMappings(internal=there, client=ip_address(HOST))) == []
 
 
 def test_list_includes_pinholes_only_when_asked(table: MappingTable) -> None:
