@@ -97,8 +97,11 @@ class Store(Protocol):
         """Every unexpired lease, with expiry converted back to monotonic time."""
         ...
 
-    def stage(self, changes: Sequence[Change], now: float, wall: float) -> None:
-        """Write changes inside an open transaction (opened if needed)."""
+    def stage(
+        self, changes: Sequence[Change], now: float, wall: float, *, durable: bool = True
+    ) -> None:
+        """Write changes inside an open transaction (opened if needed); ``durable=False``:
+        its commit need not wait for the disk (a batch of lease refreshes)."""
         ...
 
     def commit(self) -> None: ...

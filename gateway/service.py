@@ -402,7 +402,8 @@ class GatewayService:
         self._arm_expiry()
 
     def _commit(self, changes: list[Change], kernel: list[Change], now: float, wall: float) -> None:
-        self.store.stage(changes, now, wall)
+        # a batch of pure refreshes (nothing for the kernel) need not wait for the disk
+        self.store.stage(changes, now, wall, durable=bool(kernel))
         try:
             if kernel:
                 self.backend.apply(kernel)

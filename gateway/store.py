@@ -112,6 +112,8 @@ class LeaseStore:
             conn.close()
             raise
         self._conn = conn
+        #: the open batch was staged with durable=False (synchronous=NORMAL until it ends)
+        self._relaxed = False
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -129,15 +131,27 @@ class LeaseStore:
         shared = _Shared()
         return [self._mapping(row, now, wall, shared) for row in rows]
 
-    def stage(self, changes: Sequence[Change], now: float, wall: float) -> None:
+    def stage(
+        self, changes: Sequence[Change], now: float, wall: float, *, durable: bool = True
+    ) -> None:
         """Write ``changes`` into the open batch, opening one (BEGIN IMMEDIATE) if none is.
 
         On any failure the whole batch (earlier stages included) is rolled back and
         StoreError is raised: nothing is half-written.
+
+        ``durable=False`` (when it opens the batch): its commit does not wait for the disk (no
+        fsync of the WAL). For a batch that only moves lease expiry times (refreshes): it
+        survives a crash of the daemon like any other, as the WAL write itself is done; only
+        a power loss before the next checkpoint can undo it, and the lease then comes back
+        with its previous expiry, which the client's next refresh extends again. NAT-PMP and
+        PCP clients refresh constantly, and the fsync was most of what each request cost.
         """
         conn = self._connection()
         try:
             if not conn.in_transaction:
+                if not durable:
+                    conn.execute("PRAGMA synchronous = NORMAL")  # outside a transaction only
+                    self._relaxed = True
                 conn.execute("BEGIN IMMEDIATE")
             for change in changes:
                 self._write(conn, change, now, wall)
@@ -149,7 +163,7 @@ class LeaseStore:
             raise
 
     def commit(self) -> None:
-        """Make the open batch durable (no-op if none); on failure it is rolled back."""
+        """Commit the open batch (no-op if none); on failure it is rolled back."""
         conn = self._connection()
         if not conn.in_transaction:
             return
@@ -158,6 +172,8 @@ class LeaseStore:
         except sqlite3.Error as exc:
             self._abort(conn)
             raise StoreError(f"store {self._path}: cannot commit: {exc}") from exc
+        finally:
+            self._durable_again(conn)
 
     def rollback(self) -> None:
         """Discard the open batch (no-op if none)."""
@@ -168,6 +184,7 @@ class LeaseStore:
             conn.execute("ROLLBACK")
         except sqlite3.Error as exc:
             raise StoreError(f"store {self._path}: cannot roll back: {exc}") from exc
+        self._durable_again(conn)
 
     def replace_all(self, mappings: Iterable[Mapping], now: float, wall: float) -> None:
         """Make the store hold exactly ``mappings`` (meta is kept).
@@ -352,11 +369,18 @@ class LeaseStore:
             self._abort(conn)
             raise
 
-    @staticmethod
-    def _abort(conn: sqlite3.Connection) -> None:
+    def _abort(self, conn: sqlite3.Connection) -> None:
         if conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
+        self._durable_again(conn)
+
+    def _durable_again(self, conn: sqlite3.Connection) -> None:
+        """Back to fsync at every commit after a batch staged with ``durable=False``."""
+        if self._relaxed and not conn.in_transaction:
+            with self._errors("restore synchronous commits"):
+                conn.execute("PRAGMA synchronous = FULL")
+            self._relaxed = False
 
     def _write(self, conn: sqlite3.Connection, change: Change, now: float, wall: float) -> None:
         before, after = change.before, change.after
