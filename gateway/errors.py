@@ -16,6 +16,7 @@ class Reason(enum.Enum):
     NOT_FOUND = "not_found"
     NO_PORTS = "no_ports"  # no free external port the policy allows
     POLICY_DENIED = "policy_denied"  # the ACL refused it
+    PORT_DENIED = "port_denied"  # the ACL refused this external port, but allows others
     RESERVED_PORT = "reserved_port"  # the gateway's own or a reserved port (e.g. UDP 5350-5351)
     THIRD_PARTY = "third_party"  # internal address is not the requester (secure mode)
     BAD_LIFETIME = "bad_lifetime"

@@ -500,8 +500,11 @@ class MappingTable:
         if self.policy.is_reserved(proto, port):
             raise GatewayError(Reason.RESERVED_PORT, f"{proto.value} port {port} is reserved")
         if not owner.is_admin and not self.policy.permits(proto, internal, port):
+            # an exact request (PCP PREFER_FAILURE) refused for this port alone is told apart
+            # from a host or port the ACL does not let map at all
+            other_ports = any(True for _ in self.policy.external_ranges(proto, internal))
             raise GatewayError(
-                Reason.POLICY_DENIED,
+                Reason.PORT_DENIED if other_ports else Reason.POLICY_DENIED,
                 f"the ACL does not allow {proto.value} {port} -> {internal}",
             )
 

@@ -59,6 +59,7 @@ NATPMP_RESULT_FOR_REASON: dict[Reason, ResultCode] = {
     Reason.NOT_FOUND: ResultCode.NOT_AUTHORIZED,
     Reason.NO_PORTS: ResultCode.OUT_OF_RESOURCES,
     Reason.POLICY_DENIED: ResultCode.NOT_AUTHORIZED,
+    Reason.PORT_DENIED: ResultCode.NOT_AUTHORIZED,
     Reason.RESERVED_PORT: ResultCode.NOT_AUTHORIZED,
     Reason.THIRD_PARTY: ResultCode.NOT_AUTHORIZED,
     Reason.BAD_LIFETIME: ResultCode.NOT_AUTHORIZED,

@@ -82,8 +82,9 @@ DEFAULT_MAX_FILTERS = 8
 #: When a Mapping Update is sent, from the change: now, +250 ms, +750 ms (§14.2).
 UPDATE_DELAYS = (0.0, 0.25, 0.75)
 
-#: Every refusal of the gateway as a PCP result code (RFC 6887 §7.4). CONFLICT, CONFLICT_FOREIGN
-#: and RESERVED_PORT only arise for exact requests (PREFER_FAILURE, PEER with a suggestion).
+#: Every refusal of the gateway as a PCP result code (RFC 6887 §7.4). CONFLICT, CONFLICT_FOREIGN,
+#: RESERVED_PORT and PORT_DENIED only arise for exact requests (PREFER_FAILURE, PEER with a
+#: suggestion).
 PCP_RESULT_FOR_REASON: dict[Reason, ResultCode] = {
     Reason.CONFLICT: ResultCode.CANNOT_PROVIDE_EXTERNAL,
     Reason.CONFLICT_FOREIGN: ResultCode.CANNOT_PROVIDE_EXTERNAL,
@@ -91,6 +92,7 @@ PCP_RESULT_FOR_REASON: dict[Reason, ResultCode] = {
     Reason.NOT_FOUND: ResultCode.NOT_AUTHORIZED,
     Reason.NO_PORTS: ResultCode.NO_RESOURCES,
     Reason.POLICY_DENIED: ResultCode.NOT_AUTHORIZED,
+    Reason.PORT_DENIED: ResultCode.CANNOT_PROVIDE_EXTERNAL,  # another port would do (§11.3)
     Reason.RESERVED_PORT: ResultCode.CANNOT_PROVIDE_EXTERNAL,
     Reason.THIRD_PARTY: ResultCode.UNSUPP_OPTION,  # THIRD_PARTY not allowed (§13.1)
     Reason.BAD_LIFETIME: ResultCode.MALFORMED_REQUEST,

@@ -140,7 +140,7 @@ def test_requests_and_refusals_by_origin_and_reason(rig: Rig, metrics: GatewayMe
     reason = refused.value.reason.value
     denied = answer(rig, rig.service.handle(upnp_map(80)))  # the ACL allows 1024 and up
     assert isinstance(denied, Failure) and isinstance(denied.value, GatewayError)
-    assert denied.value.reason is Reason.POLICY_DENIED
+    assert denied.value.reason is Reason.PORT_DENIED
     answer(rig, rig.service.handle(GetExternalAddress()))
     answer(rig, rig.service.handle(ListMappings()))
     assert value(metrics, "portgate_requests_total", origin="natpmp", request="map_port") == 1
@@ -151,7 +151,7 @@ def test_requests_and_refusals_by_origin_and_reason(rig: Rig, metrics: GatewayMe
     )
     assert value(metrics, "portgate_requests_total", origin="none", request="list_mappings") == 1
     assert value(metrics, "portgate_refusals_total", origin="upnp", reason=reason) == 1
-    assert value(metrics, "portgate_refusals_total", origin="upnp", reason="policy_denied") == 1
+    assert value(metrics, "portgate_refusals_total", origin="upnp", reason="port_denied") == 1
     assert value(metrics, "portgate_refusals_total", origin="natpmp", reason=reason) == 0
 
 

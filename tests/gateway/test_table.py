@@ -745,8 +745,10 @@ def test_allocation_stays_inside_the_ports_the_acl_allows() -> None:
 
 @pytest.mark.parametrize("port", [22, 80, 1023])
 def test_the_default_rules_refuse_external_ports_below_1024(table: MappingTable, port: int) -> None:
-    assert refused(table, upnp(f"{HOST}:{port}", port)).reason is Reason.POLICY_DENIED
-    assert refused(table, pcp(f"{HOST}:{port}", port, exact=True)).reason is Reason.POLICY_DENIED
+    # refused for that port alone: the rules allow the host other ports (PCP then answers
+    # CANNOT_PROVIDE_EXTERNAL rather than NOT_AUTHORIZED)
+    assert refused(table, upnp(f"{HOST}:{port}", port)).reason is Reason.PORT_DENIED
+    assert refused(table, pcp(f"{HOST}:{port}", port, exact=True)).reason is Reason.PORT_DENIED
 
 
 def test_a_low_port_request_without_exact_gets_the_first_unprivileged_port(
@@ -774,7 +776,7 @@ def test_the_first_matching_rule_wins() -> None:
         Rule(action="allow"),
     )
     table = make_table(rules=deny_first)
-    assert refused(table, upnp(port=7000)).reason is Reason.POLICY_DENIED
+    assert refused(table, upnp(port=7000)).reason is Reason.PORT_DENIED
     assert granted(table, upnp(port=8000)).external.port == 8000
     table = make_table(rules=tuple(reversed(deny_first)))
     assert granted(table, upnp(port=7000)).external.port == 7000

@@ -276,7 +276,7 @@ class TableMachine(RuleBasedStateMachine):
             assert r.lifetime == 0 and origin in (Origin.NATPMP, Origin.PCP)
         elif reason is Reason.RESERVED_PORT:
             assert r.exact and r.proto is Proto.UDP and r.external_port in (5350, 5351)
-        elif reason is Reason.POLICY_DENIED:
+        elif reason is Reason.PORT_DENIED:
             assert r.exact and r.external_port == 1023
         else:
             assert reason is Reason.NO_EXTERNAL_ADDRESS, reason

@@ -316,6 +316,17 @@ def test_prefer_failure_on_a_reserved_port_cannot_provide(client: PcpClient) -> 
     assert response.result is ResultCode.CANNOT_PROVIDE_EXTERNAL
 
 
+def test_prefer_failure_on_a_port_the_acl_denies_cannot_provide(
+    rig: Rig, client: PcpClient
+) -> None:
+    """The default rules allow external ports from 1024: port 80 cannot be provided, though
+    the host may map (without PREFER_FAILURE it would get another port)."""
+    response = client.map(8080, external_port=80, options=PREFER)
+    assert response.result is ResultCode.CANNOT_PROVIDE_EXTERNAL
+    assert rig.mappings() == []
+    assert body_of(client.map(8080, external_port=80)).external_port >= 1024
+
+
 def test_prefer_failure_against_an_existing_mapping_with_another_port_changes_nothing(
     rig: Rig, client: PcpClient
 ) -> None:
