@@ -402,6 +402,14 @@ class MappingTable:
                     lifetime=held.remaining(now),
                 )
             self._check_port(owner, r.proto, r.internal, r.external_port)
+            companion = self._companion(owner, r.proto, r.internal, r.external_port)
+            if companion is not None:
+                raise GatewayError(
+                    Reason.CONFLICT_FOREIGN,
+                    f"{key} is kept for {companion.describe()} (RFC 6886 §3.3)",
+                    mapping=companion,
+                    lifetime=companion.remaining(now),
+                )
         self._check_quota(owner)
         port = r.external_port
         if not r.exact:
@@ -512,7 +520,26 @@ class MappingTable:
         assert self.external_address is not None
         if MappingKey(proto, Endpoint(self.external_address, port)) in self._by_key:
             return False
+        if self._companion(owner, proto, internal, port) is not None:
+            return False
         return self._allowed(owner, proto, internal, port)
+
+    def _companion(
+        self, owner: Owner, proto: Proto, internal: Endpoint, port: int
+    ) -> Mapping | None:
+        """The NAT-PMP mapping of another host on this external port of the other transport:
+        RFC 6886 §3.3 keeps the port of the companion protocol for its client while the lease
+        lasts (without creating that mapping), so no other internal host may get it."""
+        if owner.is_admin or self.external_address is None:
+            return None
+        other = Proto.UDP if proto is Proto.TCP else Proto.TCP
+        uid = self._by_key.get(MappingKey(other, Endpoint(self.external_address, port)))
+        if uid is None:
+            return None
+        held = self._by_uid[uid]
+        if held.owner.origin is Origin.NATPMP and held.internal.address != internal.address:
+            return held
+        return None
 
     def _allowed(self, owner: Owner, proto: Proto, internal: Endpoint, port: int) -> bool:
         if self.policy.is_reserved(proto, port):

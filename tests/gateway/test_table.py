@@ -1462,3 +1462,39 @@ def test_delete_range_touches_others_only_when_asked_to_manage_and_allowed() -> 
         UnmapRange(owner(Origin.UPNP, HOST), Proto.TCP, 6000, 6001, manage=True), 0.0
     )
     assert isinstance(result, Removed) and [m.uid for m in result.mappings] == [theirs.uid]
+
+
+# -- NAT-PMP companion ports (RFC 6886 §3.3) -----------------------------------------------------
+
+
+def test_a_natpmp_mapping_keeps_the_other_transport_s_port_from_other_hosts(
+    table: MappingTable,
+) -> None:
+    held = granted(table, natpmp(f"{HOST}:5000", 6000))
+    assert held.external.port == 6000
+    # not created for the client ...
+    assert table.by_key(key(6000, Proto.UDP)) is None
+    # ... but no other host gets UDP 6000, whichever protocol it asks with
+    assert granted(table, natpmp(f"{OTHER}:5000", 6000, proto=Proto.UDP)).external.port != 6000
+    assert granted(table, pcp(f"{OTHER}:5001", 6000, proto=Proto.UDP)).external.port != 6000
+    error = refused(table, upnp(f"{OTHER}:5002", 6000, proto=Proto.UDP))
+    assert error.reason is Reason.CONFLICT_FOREIGN and error.mapping == held
+    assert refused(table, pcp(f"{OTHER}:5003", 6000, proto=Proto.UDP, exact=True)).reason is (
+        Reason.CONFLICT_FOREIGN
+    )
+    # the client itself may take it
+    assert granted(table, natpmp(f"{HOST}:5000", 6000, proto=Proto.UDP)).external.port == 6000
+
+
+def test_the_companion_port_is_free_again_once_the_lease_ends(table: MappingTable) -> None:
+    granted(table, natpmp(f"{HOST}:5000", 6000))
+    request = UnmapInternal(owner(Origin.NATPMP, HOST), Proto.TCP, ep(f"{HOST}:5000"))
+    table.apply(request, 1.0)
+    assert granted(table, upnp(f"{OTHER}:5000", 6000, proto=Proto.UDP)).external.port == 6000
+
+
+def test_only_natpmp_mappings_keep_a_companion_port(table: MappingTable) -> None:
+    granted(table, upnp(f"{HOST}:5000", 6000))
+    granted(table, pcp(f"{HOST}:5001", 6001, exact=True))
+    assert granted(table, upnp(f"{OTHER}:5000", 6000, proto=Proto.UDP)).external.port == 6000
+    assert granted(table, natpmp(f"{OTHER}:5001", 6001, proto=Proto.UDP)).external.port == 6001

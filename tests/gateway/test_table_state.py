@@ -256,9 +256,16 @@ class TableMachine(RuleBasedStateMachine):
             assert r.exact
             assert self.table.external_address is not None
             key = MappingKey(r.proto, Endpoint(self.table.external_address, r.external_port))
-            held = next(m for m in before.values() if m.kind is Kind.PORT_MAP and m.key == key)
-            same_mechanism = held.owner.origin is origin and origin is not Origin.STATIC
-            assert (reason is Reason.CONFLICT) == same_mechanism
+            held = next(
+                (m for m in before.values() if m.kind is Kind.PORT_MAP and m.key == key), None
+            )
+            if held is None:
+                # the port of the other transport is another host's NAT-PMP companion port
+                assert reason is Reason.CONFLICT_FOREIGN and origin is not Origin.STATIC
+                assert self.companion(r, before) is not None
+            else:
+                same_mechanism = held.owner.origin is origin and origin is not Origin.STATIC
+                assert (reason is Reason.CONFLICT) == same_mechanism
         elif reason is Reason.QUOTA:
             assert self.count_for_in(before, r.owner.client) >= self.per_client
         elif reason is Reason.TABLE_FULL:
@@ -282,6 +289,21 @@ class TableMachine(RuleBasedStateMachine):
             assert reason is Reason.NO_EXTERNAL_ADDRESS, reason
             assert self.table.external_address is None
 
+    def companion(self, r: MapPort, before: dict[int, Mapping]) -> Mapping | None:
+        assert self.table.external_address is not None
+        other = Proto.UDP if r.proto is Proto.TCP else Proto.TCP
+        key = MappingKey(other, Endpoint(self.table.external_address, r.external_port))
+        return next(
+            (
+                m
+                for m in before.values()
+                if m.key == key
+                and m.owner.origin is Origin.NATPMP
+                and m.internal.address != r.internal.address
+            ),
+            None,
+        )
+
     def check_map_grant(
         self, r: MapPort, result: Granted, changes: list[Change], before: dict[int, Mapping]
     ) -> None:
@@ -292,6 +314,15 @@ class TableMachine(RuleBasedStateMachine):
         assert not (r.proto is Proto.UDP and mapping.external.port in (5350, 5351))
         if r.exact and result.created:
             assert mapping.external.port == r.external_port
+        if result.created and origin is not Origin.STATIC:
+            # never another host's NAT-PMP companion port (RFC 6886 §3.3)
+            other = Proto.UDP if r.proto is Proto.TCP else Proto.TCP
+            assert not any(
+                m.key == MappingKey(other, mapping.external)
+                and m.owner.origin is Origin.NATPMP
+                and m.internal.address != r.internal.address
+                for m in before.values()
+            )
         same_endpoint = self.same_endpoint(r, before)
         if origin in (Origin.NATPMP, Origin.PCP) and same_endpoint:
             # the existing entry for the endpoint is returned, never a second one
