@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from gateway.errors import BackendError
-from gateway.model import Change, KernelEntry, Kind, Mapping, kernel_view
+from gateway.model import Change, KernelEntry, Kind, Mapping, MappingKey, kernel_view
 
 
 class MemoryBackend:
@@ -25,6 +25,10 @@ class MemoryBackend:
     def fail_next(self, count: int = 1, message: str = "injected failure") -> None:
         """Make the next ``count`` calls to apply/install raise BackendError."""
         self._failures.extend([message] * count)
+
+    def simulate_external_delete(self, key: MappingKey) -> None:
+        """Pretend someone deleted the entry of ``key`` with ``nft`` (the table stays)."""
+        self._entries = {uid: e for uid, e in self._entries.items() if e.key != key}
 
     def simulate_flush(self) -> None:
         """Pretend someone flushed our tables behind our back (a firewall reload)."""

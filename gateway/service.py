@@ -4,8 +4,9 @@ A request is checked and applied to the table synchronously (so port allocation 
 its changes wait in a queue that is committed at the end of the reactor turn, so requests that
 arrive together share one backend transaction and one store transaction. The reply fires only
 after the commit; when the backend or the store refuses a batch, the table (and the store) are
-rolled back and every request of the batch fails with BACKEND_FAILED. Subscribers (GENA, PCP
-ANNOUNCE, logs) see changes only after they are committed.
+rolled back, the backend is brought back in line with the table (it may have refused because
+someone changed it from outside) and every request of the batch fails with BACKEND_FAILED.
+Subscribers (GENA, PCP ANNOUNCE, logs) see changes only after they are committed.
 """
 
 from __future__ import annotations
@@ -382,6 +383,12 @@ class GatewayService:
                 count=len(changes),
                 error=error,
             )
+            if kernel:
+                # the kernel refused (or the undo after a store failure did): it may hold
+                # something else than the table believed, e.g. an element removed or added
+                # with `nft` from outside, which would make every later batch touching it
+                # fail too. Bring it back in line with the rolled-back table.
+                self._repair()
             failure = GatewayError(Reason.BACKEND_FAILED, f"could not commit: {error}")
             for item in batch:
                 if item.waiter is not None:
@@ -418,8 +425,8 @@ class GatewayService:
                 try:
                     self.backend.apply(invert(kernel))
                 except BackendError as error:
+                    # _flush repairs once the table is rolled back too
                     log.error("could not undo a batch in the backend: {error}", error=error)
-                    self._repair()
             raise
 
     # -- expiry and repair ------------------------------------------------------------------

@@ -102,6 +102,30 @@ def test_a_backend_failure_rolls_back_table_and_store(rig: Rig) -> None:
     assert len(rig.backend.snapshot()) == 2
 
 
+def test_a_refused_batch_leaves_the_backend_in_line_with_the_table(rig: Rig) -> None:
+    granted = rig.result(rig.service.handle(natpmp_map(8080)))
+    assert isinstance(granted, Granted)
+    key = granted.mapping.key
+    holder = granted.mapping.owner
+    rig.backend.simulate_external_delete(key)  # `nft delete element` from outside
+    # the batch deletes what is no longer there: the backend refuses all of it
+    errors: list[Failure] = []
+    rig.service.handle(UnmapPort(holder, key)).addErrback(errors.append)
+    rig.service.handle(natpmp_map(8081, client="192.168.1.11")).addErrback(errors.append)
+    rig.reactor.advance(0)
+    assert [f.value.reason for f in errors] == [Reason.BACKEND_FAILED] * 2  # type: ignore[attr-defined]
+    assert [m.key for m in rig.table] == [key]
+    # the backend holds the rolled-back table again, so the same requests now succeed
+    assert rig.backend.snapshot() == {kernel_view(m) for m in rig.table}
+    assert rig.service.stats.repairs == 1
+    removed = rig.result(rig.service.handle(UnmapPort(holder, key)))
+    assert isinstance(removed, Removed)
+    assert isinstance(
+        rig.result(rig.service.handle(natpmp_map(8081, client="192.168.1.11"))), Granted
+    )
+    assert rig.backend.snapshot() == {kernel_view(m) for m in rig.table}
+
+
 def test_refused_requests_fail_at_once_without_a_batch(rig: Rig) -> None:
     d = rig.service.handle(
         MapPort(owner(Origin.NATPMP, "10.9.9.9"), Proto.TCP, ep("10.9.9.9:80"), 80, 60)
