@@ -24,6 +24,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from protocols.natpmp import codec as natpmp
 from protocols.pcp import codec as pcp
 from protocols.pcp import options as pcp_options
+from protocols.stun import codec as stun
 from protocols.upnp import soap, ssdp
 
 __all__ = ["TARGETS", "Target"]
@@ -208,6 +209,32 @@ def soap_action_header(data: bytes) -> None:
     assert action.name and action.namespace
 
 
+# -- STUN ------------------------------------------------------------------------------------
+
+
+def stun_response(data: bytes) -> None:
+    """What the WAN check's client reads from a STUN server (or from anyone spoofing one)."""
+    try:
+        response = stun.decode_response(data)
+    except stun.StunDecodeError:
+        return
+    if isinstance(response, stun.BindingSuccess):
+        for xor in (True, False):
+            again = stun.encode_success(response.transaction_id, response.mapped, xor=xor)
+            assert stun.decode_response(again) == response
+    else:
+        again = stun.encode_error(response.transaction_id, response.code, response.reason)
+        assert stun.decode_response(again) == response
+
+
+def stun_request(data: bytes) -> None:
+    try:
+        request = stun.decode_request(data)
+    except stun.StunDecodeError:
+        return
+    assert stun.decode_request(stun.encode_request(request.transaction_id)) == request
+
+
 # -- seeds -----------------------------------------------------------------------------------
 
 
@@ -286,6 +313,34 @@ def _option_seeds() -> tuple[bytes, ...]:
     return (b"\x01\x00" + full, b"\x01\x00", b"\x02\x00" + pcp_options.encode_option(200, b"junk"))
 
 
+_STUN_ID = bytes(range(1, 13))
+#: RFC 5769 §2.2: the sample IPv4 response (SOFTWARE, XOR-MAPPED-ADDRESS 192.0.2.1:32853,
+#: MESSAGE-INTEGRITY, FINGERPRINT).
+RFC5769_IPV4_RESPONSE = bytes.fromhex(
+    "0101003c2112a442b7e7a701bc34d686fa87dfae8022000b7465737420766563746f7220002000080001"
+    "a147e112a643000800142b91f599fd9e90c38c7489f92af9ba53f06be7d780280004c07d4c96"
+)
+
+
+def _stun_response_seeds() -> tuple[bytes, ...]:
+    v4 = stun.MappedAddress(IPv4Address("198.51.100.1"), 54321)
+    v6 = stun.MappedAddress(IPv6Address("2001:db8::1"), 3478)
+    return (
+        RFC5769_IPV4_RESPONSE,
+        stun.encode_success(_STUN_ID, v4),
+        stun.encode_success(_STUN_ID, v4, xor=False, software="portgate", fingerprint=True),
+        stun.encode_success(_STUN_ID, v6, fingerprint=True),
+        stun.encode_error(_STUN_ID, 400, "Bad Request"),
+    )
+
+
+def _stun_request_seeds() -> tuple[bytes, ...]:
+    return (
+        stun.encode_request(_STUN_ID),
+        stun.encode_request(_STUN_ID, fingerprint=True),
+    )
+
+
 _SEARCHES = (
     b'M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: "ssdp:discover"\r\n'
     b"MX: 2\r\nST: ssdp:all\r\n\r\n",
@@ -352,6 +407,8 @@ TARGETS: dict[str, Target] = {
             tuple(s.encode() for s in _SOAP_SEEDS),
             soap.MAX_BODY + 64,
         ),
+        Target("stun-response", stun_response, _stun_response_seeds(), stun.MAX_MESSAGE + 8),
+        Target("stun-request", stun_request, _stun_request_seeds(), 256),
         Target(
             "soap-action",
             soap_action_header,

@@ -42,6 +42,7 @@ __all__ = [
     "ControlConfig",
     "LanConfig",
     "LifetimeConfig",
+    "LimitsConfig",
     "LogConfig",
     "MetricsConfig",
     "NatPmpConfig",
@@ -50,6 +51,7 @@ __all__ = [
     "PortRange",
     "Rule",
     "StateConfig",
+    "StunConfig",
     "UpnpConfig",
     "WanConfig",
     "dump_config",
@@ -240,12 +242,80 @@ _SOCKET_PATH = Annotated[
 # -- the tree ---------------------------------------------------------------------------------
 
 
+#: The port STUN servers listen on (RFC 8489 §18.5), when ``wan.stun.server`` names none.
+STUN_PORT = 3478
+_STUN_EXPECTED = (
+    'HOST or HOST:PORT with an IPv4 address or a host name, like "stun.example.net" or '
+    '"198.51.100.2:3478"'
+)
+_HOSTNAME_RE = re.compile(
+    r"(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?"
+)
+
+
+def parse_stun_server(text: str) -> tuple[str, int]:
+    """``"stun.example.net"``, ``"198.51.100.2:3478"`` as (host, port), the port 3478 when
+    none is given; ``ValueError`` says why not. IPv6 servers are refused: the question asked
+    is what the WAN's IPv4 address looks like from outside."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = text, str(STUN_PORT)
+    if host.startswith("[") or ":" in host:
+        raise ValueError(
+            f"expected {_STUN_EXPECTED}, got {_show(text)}: an IPv6 server cannot tell what "
+            "the WAN's IPv4 address looks like from outside"
+        )
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"expected {_STUN_EXPECTED} (port 1-65535), got {_show(text)}")
+    try:
+        IPv4Address(host)
+    except ValueError:
+        last_label = host.rstrip(".").rsplit(".", 1)[-1]
+        if _HOSTNAME_RE.fullmatch(host) is None or last_label.isdigit():
+            raise ValueError(f"expected {_STUN_EXPECTED}, got {_show(text)}") from None
+    return host, int(port_text)
+
+
+class StunConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A STUN server, asked what address the Internet sees when the WAN address is private."""
+
+    server: Annotated[str, msgspec.Meta(min_length=1)]
+    #: Seconds between checks (and between retries after the server did not answer).
+    interval: Annotated[int, msgspec.Meta(ge=30, le=86400)] = 300
+
+    def __post_init__(self) -> None:
+        try:
+            parse_stun_server(self.server)
+        except ValueError as error:
+            raise ValueError(f"server: {error}") from None
+
+    @property
+    def host(self) -> str:
+        return parse_stun_server(self.server)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_stun_server(self.server)[1]
+
+    @property
+    def address_text(self) -> str:
+        """``host:port``, as the logs name the server."""
+        host, port = parse_stun_server(self.server)
+        return f"{host}:{port}"
+
+
 class WanConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The upstream side: where mappings are reachable from."""
 
     interface: _IFNAME
     #: Fixed external IPv4 address; None: learned from the interface at run time.
     external_address: IPv4Address | None = None
+    #: Asked whether a private WAN address is behind another NAT; None: no STUN.
+    stun: StunConfig | None = None
+    #: A private WAN address (RFC 1918, RFC 6598 CGNAT, ...): "warn" logs it and serves;
+    #: "refuse" answers every mapping request as if there were no external address, unless
+    #: STUN shows nothing translates it.
+    private_address: Literal["warn", "refuse"] = "warn"
 
 
 class LanConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -430,6 +500,53 @@ class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         return parse_listen(self.listen)[1]
 
 
+_CLIENT_CONNECTIONS = Annotated[
+    int, msgspec.Meta(ge=1, le=1024, description="a number of connections from 1 to 1024")
+]
+_CONNECTIONS = Annotated[
+    int, msgspec.Meta(ge=1, le=4096, description="a number of connections from 1 to 4096")
+]
+_CLIENT_SUBSCRIPTIONS = Annotated[
+    int, msgspec.Meta(ge=1, le=1024, description="a number of subscriptions from 1 to 1024")
+]
+_SUBSCRIPTIONS = Annotated[
+    int, msgspec.Meta(ge=1, le=16384, description="a number of subscriptions from 1 to 16384")
+]
+_RATE = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1, le=1_000_000, description="requests per second, an integer from 1 to 1000000"
+    ),
+]
+_BURST = Annotated[
+    int,
+    msgspec.Meta(ge=1, le=1_000_000, description="a number of requests from 1 to 1000000"),
+]
+
+
+class LimitsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Caps that keep one LAN host from crowding out the others, per client address and in
+    all (the mapping quotas are policy.max_mappings_per_client and policy.max_mappings)."""
+
+    http_connections_per_client: _CLIENT_CONNECTIONS = 8
+    http_connections: _CONNECTIONS = 64
+    http_requests_per_second: _RATE = 500
+    http_request_burst: _BURST = 10000
+    gena_subscriptions_per_client: _CLIENT_SUBSCRIPTIONS = 16
+    gena_subscriptions: _SUBSCRIPTIONS = 256
+    udp5351_requests_per_second: _RATE = 1000
+    udp5351_request_burst: _BURST = 2000
+
+    def __post_init__(self) -> None:
+        for per_client, total in (
+            ("http_connections_per_client", "http_connections"),
+            ("gena_subscriptions_per_client", "gena_subscriptions"),
+        ):
+            low, high = getattr(self, per_client), getattr(self, total)
+            if low > high:
+                raise ValueError(f"{per_client}: expected at most {total} ({high}), got {low}")
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """The whole configuration."""
 
@@ -440,6 +557,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     upnp: UpnpConfig = UpnpConfig()
     natpmp: NatPmpConfig = NatPmpConfig()
     pcp: PcpConfig = PcpConfig()
+    limits: LimitsConfig = LimitsConfig()
     state: StateConfig = StateConfig()
     control: ControlConfig = ControlConfig()
     backend: BackendConfig = BackendConfig()

@@ -286,6 +286,34 @@ def _describe(mapping: dict[str, Any]) -> str:
     return text
 
 
+def format_wan(wan: dict[str, Any]) -> str:
+    """The ``wan`` part of the status in one line: is the WAN address reachable from the
+    Internet (gateway.reachability)?"""
+    address = wan.get("address")
+    if address is None:
+        return "no IPv4 address"
+    private = wan.get("private")
+    if not private:
+        return f"{address}, public"
+    text = f"{address}, private ({private})"
+    server, sees, behind = wan.get("stun_server"), wan.get("stun_sees"), wan.get("behind_nat")
+    if server is None:
+        text += "; no STUN server set (wan.stun)"
+    elif behind is True:
+        text += f"; behind another NAT: STUN server {server} sees {sees}"
+    elif behind is False:
+        text += f"; no other NAT: STUN server {server} sees it unchanged"
+    else:
+        text += f"; not known yet whether behind another NAT (STUN server {server})"
+    error = wan.get("stun_error")
+    if error:
+        text += f"; last STUN check failed: {error}"
+    policy = wan.get("private_address", "?")
+    if wan.get("serving"):
+        return text + f"; serving (wan.private_address: {policy})"
+    return text + f"; refusing mapping requests (wan.private_address: {policy})"
+
+
 def format_status(status: dict[str, Any]) -> str:
     rest = dict(status)
     lines: list[tuple[str, str]] = []
@@ -293,6 +321,11 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(("uptime", format_duration(rest.pop("uptime"))))
     if "external_address" in rest:
         lines.append(("external address", str(rest.pop("external_address") or "unknown")))
+    wan = rest.pop("wan", None)
+    if isinstance(wan, dict):
+        lines.append(("wan", format_wan(wan)))
+    elif wan is not None:
+        lines.append(("wan", _plain(wan)))
     if "mappings" in rest:
         text = str(rest.pop("mappings"))
         by_origin = rest.pop("by_origin", None)

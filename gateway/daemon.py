@@ -41,7 +41,7 @@ from gateway import sdnotify
 from gateway.allocator import Allocator
 from gateway.audit import format_event, on_journal
 from gateway.clock import Clock
-from gateway.config import Config, ConfigError, load_config
+from gateway.config import Config, ConfigError, LimitsConfig, load_config
 from gateway.control import ControlError, listen_control
 from gateway.errors import BackendError, StoreError
 from gateway.memory import release_free_memory
@@ -50,13 +50,15 @@ from gateway.netinfo import InterfaceInfo, external_ipv4, read_interfaces
 from gateway.netwatch import watch_interfaces
 from gateway.policy import Lan, Policy
 from gateway.ports import Backend
+from gateway.reachability import StunProbe, WanReachability, WanStatusAdmin, usable_address
 from gateway.service import GatewayService
 from gateway.store import LeaseStore
 from gateway.table import MappingTable
-from protocols.udp5351 import listen_udp5351
+from protocols.stun.client import StunClient, mapped_ipv4
+from protocols.udp5351 import SourceLimiter, listen_udp5351
 from protocols.upnp.actions import SysfsLinkInfo
 from protocols.upnp.description import UpnpSettings
-from protocols.upnp.http import UpnpFrontEnd
+from protocols.upnp.http import UpnpFrontEnd, UpnpLimits
 from protocols.upnp.ssdp import DeviceIdentity, http_location
 from protocols.upnp.ssdp_server import SsdpServer, SsdpSettings
 
@@ -135,11 +137,15 @@ class Daemon:
     control_port: Any = None
     lan_info: dict[str, InterfaceInfo | None] = field(default_factory=dict)
     udp5351_ports: list[Any] = field(default_factory=list)
+    #: the UDP 5351 sockets' per-client rate limit (kept across their restarts)
+    udp5351_limiter: SourceLimiter | None = None
     upnp: UpnpFrontEnd | None = None
     upnp_ports: list[Any] = field(default_factory=list)
     ssdp: SsdpServer | None = None
     #: stops the netlink watch that calls recheck_network on interface changes
     stop_watching: Callable[[], None] | None = None
+    #: decides whether the WAN address is served (private address, CGNAT; gateway.reachability)
+    reachability: WanReachability | None = None
     restarting: bool = False
     stopped: bool = False
 
@@ -232,6 +238,7 @@ class Daemon:
                 settings,
                 self.is_lan,
                 link=SysfsLinkInfo(self.config.wan.interface),
+                limits=upnp_limits(self.config.limits),
             )
         front = self.upnp
         try:
@@ -305,6 +312,12 @@ class Daemon:
         if not addresses:
             log.warn("no LAN address yet: NAT-PMP/PCP will listen once one appears")
             return
+        if self.udp5351_limiter is None:
+            self.udp5351_limiter = SourceLimiter(
+                self.service.now,
+                rate=config.limits.udp5351_requests_per_second,
+                burst=config.limits.udp5351_request_burst,
+            )
         try:
             self.udp5351_ports = listen_udp5351(
                 self.reactor,
@@ -314,6 +327,7 @@ class Daemon:
                 natpmp_enabled=config.natpmp.enabled,
                 pcp_enabled=config.pcp.enabled,
                 interfaces=addresses,
+                limiter=self.udp5351_limiter,
             )
         except CannotListenError as error:
             log.error("cannot listen on UDP 5351: {error}", error=error)
@@ -370,7 +384,18 @@ class Daemon:
         self.config = config
         self.predicate.setLogLevelForNamespace(None, _LEVELS[config.log.level])  # type: ignore[arg-type]
         self.service.set_policy(build_policy(config, self.lan_info))
+        self.apply_limits(config.limits)
         log.info("reloaded {path}: new rules apply to new requests", path=self.config_path)
+
+    def apply_limits(self, limits: LimitsConfig) -> None:
+        """The ``limits`` section, to the running front-ends: new connections, requests and
+        subscriptions see it at once; what is open stays."""
+        if self.upnp is not None:
+            self.upnp.set_limits(upnp_limits(limits))
+        if self.udp5351_limiter is not None:
+            self.udp5351_limiter.configure(
+                rate=limits.udp5351_requests_per_second, burst=limits.udp5351_request_burst
+            )
 
     def recheck_network(self) -> None:
         names = [lan.interface for lan in self.config.lan] + [self.config.wan.interface]
@@ -390,21 +415,27 @@ class Daemon:
             if self.lan_addresses() != old_addresses:
                 self.restart_frontends()
             log.info("LAN prefixes: {prefixes}", prefixes=_prefix_text(self.service.policy.lan))
-        if self.config.wan.external_address is None:
-            address = external_ipv4(info.get(self.config.wan.interface))
-            if address != self.service.external_address:
-                if address is None:
-                    log.warn(
-                        "WAN interface {name} has no IPv4 address: mapping requests are refused",
-                        name=self.config.wan.interface,
-                    )
-                self.service.set_external_address(address)
+        learned = external_ipv4(info.get(self.config.wan.interface))
+        address = self.config.wan.external_address or learned
+        reachability = self.reachability
+        before = self.service.external_address if reachability is None else reachability.address
+        if address is None and before is not None:
+            log.warn(
+                "WAN interface {name} has no IPv4 address: mapping requests are refused",
+                name=self.config.wan.interface,
+            )
+        if reachability is None:
+            self.service.set_external_address(address)
+        else:
+            reachability.update(address, source=learned)
 
     def stop(self) -> None:
         self.stopped = True
         if self.stop_watching is not None:
             self.stop_watching()
             self.stop_watching = None
+        if self.reachability is not None:
+            self.reachability.stop()
         self.stop_frontends()
         keep = self.config.state.keep_mappings_on_stop
         self.service.stop(keep_mappings=keep)
@@ -433,6 +464,17 @@ def build_lan(config: Config, lan_info: dict[str, InterfaceInfo | None]) -> Lan:
             if prefix not in prefixes:
                 prefixes.append(prefix)
     return Lan(tuple(prefixes), frozenset(own))
+
+
+def upnp_limits(limits: LimitsConfig) -> UpnpLimits:
+    return UpnpLimits(
+        connections_per_client=limits.http_connections_per_client,
+        connections=limits.http_connections,
+        requests_per_second=limits.http_requests_per_second,
+        request_burst=limits.http_request_burst,
+        subscriptions_per_client=limits.gena_subscriptions_per_client,
+        subscriptions=limits.gena_subscriptions,
+    )
 
 
 def build_policy(config: Config, lan_info: dict[str, InterfaceInfo | None]) -> Policy:
@@ -470,11 +512,12 @@ def start_daemon(config_path: str, config: Config, reactor: Any) -> Daemon:
     except OSError as error:
         raise StartupError(f"cannot read interface addresses: {error}") from error
     lan_info = {lan.interface: info.get(lan.interface) for lan in config.lan}
-    external: IPv4Address | None = config.wan.external_address
-    if external is None:
-        external = external_ipv4(info.get(config.wan.interface))
+    learned = external_ipv4(info.get(config.wan.interface))
+    external: IPv4Address | None = config.wan.external_address or learned
     policy = build_policy(config, lan_info)
-    table = MappingTable(policy, Allocator(random.SystemRandom()), external)
+    # under wan.private_address: refuse, a private address is not served until STUN clears it
+    serving = usable_address(external, config.wan.private_address)
+    table = MappingTable(policy, Allocator(random.SystemRandom()), serving)
     try:
         store = LeaseStore(config.state.lease_file)
     except StoreError as error:
@@ -508,8 +551,18 @@ def start_daemon(config_path: str, config: Config, reactor: Any) -> Daemon:
         service.start()
     except (StoreError, BackendError) as error:
         raise StartupError(f"cannot start: {error}") from error
+    probe = (
+        None
+        if config.wan.stun is None
+        else stun_probe(reactor, config.wan.stun.host, config.wan.stun.port)
+    )
+    reachability = WanReachability(config.wan, clock, service.set_external_address, probe)
+    daemon.reachability = reachability
+    reachability.update(external, source=learned)
     try:
-        daemon.control_port = listen_control(reactor, config.control.socket, service)
+        daemon.control_port = listen_control(
+            reactor, config.control.socket, WanStatusAdmin(service, reachability)
+        )
     except (ControlError, OSError) as error:
         service.stop(keep_mappings=True)
         raise StartupError(f"admin socket {config.control.socket}: {error}") from error
@@ -532,8 +585,24 @@ def start_daemon(config_path: str, config: Config, reactor: Any) -> Daemon:
             upnp = daemon.upnp
             return 0 if upnp is None else len(upnp.events.subscriptions)
 
-        start_metrics(config.metrics, reactor, service, subscriptions=gena_subscriptions)
+        start_metrics(
+            config.metrics,
+            reactor,
+            service,
+            subscriptions=gena_subscriptions,
+            wan=reachability.gauges,
+        )
     return daemon
+
+
+def stun_probe(reactor: Any, host: str, port: int) -> StunProbe:
+    """Asks the STUN server at ``host:port`` (``wan.stun.server``) for our mapped address."""
+    client = StunClient(reactor)
+
+    def probe(source: IPv4Address | None) -> Deferred[IPv4Address]:
+        return client.query(host, port, source).addCallback(mapped_ipv4)
+
+    return probe
 
 
 class StartupError(Exception):

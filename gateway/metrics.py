@@ -15,7 +15,10 @@
   (``apply`` for a batch of changes, ``install`` for a full reinstall after a repair), and
   ``portgate_backend_failures_total{operation}``;
 - ``portgate_backend_repairs_total`` and ``portgate_upnp_subscriptions`` (GENA subscribers),
-  read when scraped.
+  read when scraped;
+- ``portgate_wan_private`` and ``portgate_wan_behind_nat``: is the WAN address in a private
+  range, and did a STUN server see another address (``gateway.reachability``), read when
+  scraped.
 
 ``prometheus_client.twisted.MetricsResource`` answers scrapes from the reactor's thread pool:
 everything a scrape reads is either a prometheus_client value (thread-safe) or a single
@@ -152,6 +155,17 @@ class GatewayMetrics:
         self.subscriptions = Gauge(
             "portgate_upnp_subscriptions", "Active UPnP event (GENA) subscriptions", registry=r
         )
+        self.wan_private = Gauge(
+            "portgate_wan_private",
+            "1 when the WAN address is private (RFC 1918, RFC 6598 CGNAT, ...), else 0",
+            registry=r,
+        )
+        self.wan_behind_nat = Gauge(
+            "portgate_wan_behind_nat",
+            "1 when a STUN server sees another address than the WAN address (CGNAT, double "
+            "NAT), else 0",
+            registry=r,
+        )
         for origin in Origin:
             for proto in Proto:
                 for kind in Kind:
@@ -166,7 +180,11 @@ class GatewayMetrics:
     # -- following a service ---------------------------------------------------------------
 
     def attach(
-        self, service: GatewayService, *, subscriptions: Callable[[], int] | None = None
+        self,
+        service: GatewayService,
+        *,
+        subscriptions: Callable[[], int] | None = None,
+        wan: Callable[[], tuple[bool, bool]] | None = None,
     ) -> None:
         """Count what the table holds now, then follow the service: its committed changes,
         its requests and its backend's transactions. Call in the reactor thread."""
@@ -188,6 +206,10 @@ class GatewayMetrics:
         self._detach.append(lambda: self.registry.unregister(repairs))
         if subscriptions is not None:
             self.subscriptions.set_function(_guarded(subscriptions))
+        if wan is not None:
+            read = wan
+            self.wan_private.set_function(_guarded(lambda: int(read()[0])))
+            self.wan_behind_nat.set_function(_guarded(lambda: int(read()[1])))
 
     def detach(self) -> None:
         while self._detach:
@@ -304,12 +326,13 @@ def start_metrics(
     service: GatewayService,
     *,
     subscriptions: Callable[[], int] | None = None,
+    wan: Callable[[], tuple[bool, bool]] | None = None,
 ) -> GatewayMetrics | None:
     """Follow ``service`` and serve its metrics as configured; the port closes when the
     reactor shuts down. A port that cannot be opened is logged and the daemon runs on
     without metrics (None)."""
     metrics = GatewayMetrics()
-    metrics.attach(service, subscriptions=subscriptions)
+    metrics.attach(service, subscriptions=subscriptions, wan=wan)
     try:
         port = listen_metrics(reactor, metrics.registry, config.address, config.port)
     except CannotListenError as error:

@@ -39,6 +39,7 @@ from gateway.model import IPAddress
 from gateway.ports import EpochReset, ExternalAddressChanged, Gateway, GatewayEvent
 from protocols.natpmp.handler import NatPmpHandler
 from protocols.pcp.handler import DEFAULT_MAX_FILTERS, PcpHandler, Send
+from protocols.ratelimit import DEFAULT_MAX_KEYS, RateLimiter, RefusalLog
 
 __all__ = [
     "ALL_HOSTS_V4",
@@ -48,6 +49,7 @@ __all__ = [
     "CLIENT_PORT",
     "SERVER_PORT",
     "EpochClock",
+    "SourceLimiter",
     "Udp5351Protocol",
     "listen_udp5351",
 ]
@@ -64,9 +66,10 @@ ANNOUNCE_FIRST_GAP = 0.25
 _MAX_DATAGRAM = 8192
 _SO_BINDTODEVICE = getattr(socket, "SO_BINDTODEVICE", 25)
 
-#: Per-client request rate on UDP 5351 (requests per second, and the burst allowed): far
-#: above what a real client sends (a few requests per mapping per lease), low enough that
-#: one flooding host cannot starve the others.
+#: Per-client request rate on UDP 5351 (requests per second, and the burst allowed), the
+#: defaults of ``limits.udp5351_requests_per_second`` and ``limits.udp5351_request_burst``:
+#: far above what a real client sends (a few requests per mapping per lease), low enough
+#: that one flooding host cannot starve the others.
 SOURCE_RATE = 1000.0
 SOURCE_BURST = 2000.0
 LIMIT_LOG_INTERVAL = 60.0
@@ -320,56 +323,48 @@ class Udp5351Protocol(DatagramProtocol):
 
 
 class SourceLimiter:
-    """Requests per second per LAN source, as a token bucket: a client that floods UDP 5351
-    (malware, a broken loop) has its excess dropped silently, as the RFCs allow for a server
-    under load, and the log says so once a minute per client. Shared by every socket."""
+    """Requests per second per LAN source, as a token bucket (``protocols.ratelimit``): a
+    client that floods UDP 5351 (malware, a broken loop) has its excess dropped silently, as
+    the RFCs allow for a server under load, and the log says so once a minute per client.
+    Shared by every socket; ``configure`` changes the limits in place (a reload)."""
 
     def __init__(
         self,
         now: Callable[[], float],
         rate: float = SOURCE_RATE,
         burst: float = SOURCE_BURST,
-        max_sources: int = 4096,
+        max_sources: int = DEFAULT_MAX_KEYS,
     ) -> None:
         self._now = now
-        self._rate = rate
-        self._burst = burst
-        self._max_sources = max_sources
-        self._buckets: dict[IPAddress, tuple[float, float]] = {}  # tokens, last refill
-        self._warned: dict[IPAddress, float] = {}
+        self._buckets = RateLimiter(burst, rate, max_sources)
+        self._refusals = RefusalLog(LIMIT_LOG_INTERVAL, max_sources)
+
+    @property
+    def rate(self) -> float:
+        return self._buckets.per_second
+
+    @property
+    def burst(self) -> float:
+        return self._buckets.burst
+
+    def configure(self, rate: float, burst: float) -> None:
+        self._buckets.configure(burst, rate)
 
     def allow(self, source: IPAddress) -> bool:
         now = self._now()
-        tokens, last = self._buckets.get(source, (self._burst, now))
-        tokens = min(self._burst, tokens + (now - last) * self._rate)
-        if len(self._buckets) >= self._max_sources and source not in self._buckets:
-            self._forget_full(now)
-        if tokens < 1.0:
-            self._buckets[source] = (tokens, now)
-            if now - self._warned.get(source, -LIMIT_LOG_INTERVAL) >= LIMIT_LOG_INTERVAL:
-                self._warned[source] = now
-                log.info(
-                    "refused requests from {source} on UDP 5351: over {rate:.0f} per second",
-                    source=source,
-                    rate=self._rate,
-                )
-            return False
-        self._buckets[source] = (tokens - 1.0, now)
-        return True
+        if self._buckets.allow(source, now):
+            return True
+        if self._refusals.due(source, now):
+            log.info(
+                "refused requests from {source} on UDP 5351: over {rate:.0f} per second "
+                "(limits.udp5351_requests_per_second)",
+                source=source,
+                rate=self._buckets.per_second,
+            )
+        return False
 
-    def _forget_full(self, now: float) -> None:
-        """Drop the buckets that have refilled (they would start full anyway)."""
-        full = [
-            source
-            for source, (tokens, last) in self._buckets.items()
-            if tokens + (now - last) * self._rate >= self._burst
-        ]
-        for source in full:
-            del self._buckets[source]
-            self._warned.pop(source, None)
-        if len(self._buckets) >= self._max_sources:
-            self._buckets.clear()
-            self._warned.clear()
+    def __len__(self) -> int:
+        return len(self._buckets)
 
 
 def listen_udp5351(
@@ -386,13 +381,16 @@ def listen_udp5351(
     max_filters: int = DEFAULT_MAX_FILTERS,
     announce_on_start: bool = True,
     port: int = SERVER_PORT,
+    limiter: SourceLimiter | None = None,
 ) -> list[Any]:
     """Bind one socket per LAN address (IPv4: NAT-PMP and/or PCP; IPv6: PCP only) on ``port``
     and return the listening ports (``stopListening`` each to close). ``interfaces`` names the
-    LAN interface of each address. A bind failure closes what was opened and raises
+    LAN interface of each address; ``limiter`` is the per-client rate limit the sockets share
+    (None: one with the default rates). A bind failure closes what was opened and raises
     ``twisted.internet.error.CannotListenError``."""
     epoch = EpochClock(gateway)
-    limiter = SourceLimiter(gateway.now)
+    if limiter is None:
+        limiter = SourceLimiter(gateway.now)
     names = dict(interfaces or {})
     listening: list[Any] = []
     for address in addresses:

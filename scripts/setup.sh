@@ -8,7 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(nftables python3-nftables iproute2 python3-venv procps miniupnpc natpmpc python3-libtorrent python3-miniupnpc systemd)
+# coturn: a real STUN server for the CGNAT test (tests/robustness/test_cgnat.py runs its
+# turnserver inside a namespace; the system service it ships is disabled below).
+DEB_PACKAGES=(nftables python3-nftables iproute2 python3-venv procps miniupnpc natpmpc python3-libtorrent python3-miniupnpc systemd coturn)
 PY=/usr/bin/python3
 VENV=.venv
 STAMP="$VENV/.portgate-installed"
@@ -26,6 +28,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if [[ " ${missing[*]} " == *" coturn "* ]]; then
+        # Debian enables coturn's own STUN/TURN service on install; the tests need only the
+        # binary, so do not leave a server listening on every interface of this machine.
+        systemctl disable --now coturn.service >/dev/null 2>&1 || true
+    fi
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

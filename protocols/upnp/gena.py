@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gateway.model import IPAddress
+from protocols.ratelimit import RefusalLog
 from protocols.upnp.description import Service, UpnpSettings, choose_view
 from protocols.upnp.soap import xml_text
 
@@ -211,7 +212,9 @@ class Subscription:
 
 
 class Subscriptions:
-    """Who is subscribed to what, bounded per source and in total."""
+    """Who is subscribed to what, bounded per source and in total (``limits``
+    ``gena_subscriptions_per_client`` and ``gena_subscriptions``; ``set_caps`` changes them in
+    place: subscriptions above a lowered cap stay until they end, new ones are refused)."""
 
     def __init__(
         self,
@@ -224,6 +227,20 @@ class Subscriptions:
         self._total = total
         self._new_sid = new_sid
         self._by_sid: dict[str, Subscription] = {}
+
+    @property
+    def per_source(self) -> int:
+        return self._per_source
+
+    @property
+    def total(self) -> int:
+        return self._total
+
+    def set_caps(self, *, per_source: int, total: int) -> None:
+        if per_source < 1 or total < 1:
+            raise ValueError("subscription caps must be positive")
+        self._per_source = per_source
+        self._total = total
 
     def __len__(self) -> int:
         return len(self._by_sid)
@@ -254,9 +271,15 @@ class Subscriptions:
         variables = parse_statevar(statevar, evented)
         self.expire(now)
         if len(self._by_sid) >= self._total:
-            raise GenaError(503, "too many subscriptions")
+            raise GenaError(
+                503, f"{self._total} subscriptions in all already (limits.gena_subscriptions)"
+            )
         if sum(1 for s in self._by_sid.values() if s.source == source) >= self._per_source:
-            raise GenaError(503, "too many subscriptions from this host")
+            raise GenaError(
+                503,
+                f"it holds {self._per_source} subscriptions already "
+                "(limits.gena_subscriptions_per_client)",
+            )
         seconds = parse_timeout(timeout)
         subscription = Subscription(
             sid=self._new_sid(),
@@ -381,7 +404,8 @@ class EventService:
         self._settings = settings
         self._now = now
         self._send_notify: NotifySender = sender or TcpNotifySender(reactor)
-        self.subscriptions = subscriptions or Subscriptions()
+        self.subscriptions = subscriptions if subscriptions is not None else Subscriptions()
+        self._refusals = RefusalLog()
         self._stop_listening: Callable[[], None] | None = state.listen(self._changed)
         self._sweep_call: Any = reactor.callLater(SWEEP_INTERVAL, self._sweep)
 
@@ -433,12 +457,20 @@ class EventService:
                 now=now,
             )
         except GenaError as error:
-            log.debug(
-                "gena SUBSCRIBE from {source} refused ({status}): {why}",
-                source=source,
-                status=error.status,
-                why=error.reason,
-            )
+            if error.status == 503 and self._refusals.due(source, now):
+                # a cap: worth the operator's attention, once per client per minute
+                log.info(
+                    "refused a GENA subscription from {source}: {why}",
+                    source=source,
+                    why=error.reason,
+                )
+            else:
+                log.debug(
+                    "gena SUBSCRIBE from {source} refused ({status}): {why}",
+                    source=source,
+                    status=error.status,
+                    why=error.reason,
+                )
             return GenaAnswer(error.status)
         log.debug(
             "gena {sid} subscribed {source} to {service} for {timeout}s",

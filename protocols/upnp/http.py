@@ -13,6 +13,11 @@ further need an XML content type, a well-formed SOAPACTION matching the body and
 URL's service. Anything unexpected is logged and answered with a generic 500 (a UPnP 501 fault
 on control URLs), never with a traceback. Connections are bounded per peer and in total, idle
 ones time out, and none lives longer than two minutes.
+
+Requests are rate-limited per client address (a token bucket, ``protocols.ratelimit``): over
+the limit, whatever the path, the answer is an empty 503 with Retry-After and the connection is
+closed. ``UpnpLimits`` holds the caps (the ``limits`` section of the config); refusals by a cap
+are logged once per client and kind per minute.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from gateway.model import IPAddress
 from gateway.ports import Gateway
+from protocols.ratelimit import DEFAULT_MAX_KEYS, RateLimiter, RefusalLog
 from protocols.upnp.actions import (
     ActionDispatcher,
     CallContext,
@@ -51,7 +57,14 @@ from protocols.upnp.description import (
     choose_view,
     host_literal,
 )
-from protocols.upnp.gena import EventService, GenaAnswer, NotifySender
+from protocols.upnp.gena import (
+    MAX_PER_SOURCE,
+    MAX_TOTAL,
+    EventService,
+    GenaAnswer,
+    NotifySender,
+    Subscriptions,
+)
 from protocols.upnp.soap import (
     MAX_BODY,
     SoapDecodeError,
@@ -65,6 +78,7 @@ __all__ = [
     "MAX_BODY",
     "MAX_HEADER_BYTES",
     "UpnpFrontEnd",
+    "UpnpLimits",
     "UpnpResource",
     "build_site",
     "listen_http",
@@ -78,6 +92,9 @@ IDLE_TIMEOUT = 30
 MAX_CONNECTION_SECONDS = 120.0
 MAX_CONNECTIONS_PER_PEER = 8
 MAX_CONNECTIONS = 64
+#: Requests per second per client, and the burst: see ``UpnpLimits``.
+REQUESTS_PER_SECOND = 500
+REQUEST_BURST = 10000
 
 XML_TYPE = b'text/xml; charset="utf-8"'
 _REASONS = {
@@ -125,6 +142,41 @@ class _Refused(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class UpnpLimits:
+    """The caps of the UPnP HTTP side (the config's ``limits``; the defaults are the same).
+
+    - ``connections_per_client`` / ``connections``: open HTTP connections per client address
+      and in all (a new connection over the cap is closed unanswered);
+    - ``requests_per_second`` / ``request_burst``: each client address's token bucket; every
+      request (description, SOAP, GENA, even a bad one) takes a token, and one that finds
+      none is answered 503. The defaults leave real clients alone: a GetGenericPortMappingEntry
+      walk of a full default table (8,192 entries) fits in the burst however fast it goes
+      (a sequential client gets some 800-1,300 answers a second, so a longer walk refills at
+      500 a second as it goes), while a host that keeps flooding is held to a fraction of
+      what the daemon can answer in all;
+    - ``subscriptions_per_client`` / ``subscriptions``: GENA subscriptions (503 over them).
+    """
+
+    connections_per_client: int = MAX_CONNECTIONS_PER_PEER
+    connections: int = MAX_CONNECTIONS
+    requests_per_second: float = REQUESTS_PER_SECOND
+    request_burst: int = REQUEST_BURST
+    subscriptions_per_client: int = MAX_PER_SOURCE
+    subscriptions: int = MAX_TOTAL
+
+    def __post_init__(self) -> None:
+        counts = (
+            self.connections_per_client,
+            self.connections,
+            self.request_burst,
+            self.subscriptions_per_client,
+            self.subscriptions,
+        )
+        if min(counts) < 1 or self.requests_per_second <= 0:
+            raise ValueError("UPnP limits must be positive")
+
+
+@dataclass(frozen=True, slots=True)
 class _Route:
     kind: str  # "description", "scpd", "control", "event"
     service: Service | None
@@ -136,8 +188,8 @@ class UpnpFrontEnd:
 
     ``is_lan(address)`` decides who may talk to us at all (give it the policy's current LAN).
     ``link`` provides WAN counters and conntrack timeouts (``actions.SysfsLinkInfo``);
-    ``notify`` replaces the NOTIFY sender (tests). Build it after the gateway service has
-    started; call ``stop`` on shutdown.
+    ``notify`` replaces the NOTIFY sender (tests); ``limits`` the caps (``set_limits`` changes
+    them in place). Build it after the gateway service has started; call ``stop`` on shutdown.
     """
 
     def __init__(
@@ -151,18 +203,40 @@ class UpnpFrontEnd:
         layout: UrlLayout | None = None,
         notify: NotifySender | None = None,
         system_update_id: int = 1,
+        limits: UpnpLimits | None = None,
     ) -> None:
         self.reactor = reactor
         self.settings = settings
         self.is_lan = is_lan
+        self.now = gateway.now
+        self.limits = limits if limits is not None else UpnpLimits()
+        self.requests = RateLimiter(
+            self.limits.request_burst, self.limits.requests_per_second, DEFAULT_MAX_KEYS
+        )
+        #: when a refusal by a cap is logged again: once per (kind, client) per minute
+        self.refusals = RefusalLog()
         self.layout = layout or UrlLayout.random()
         self.descriptions = Descriptions(settings, self.layout)
         self.state = IgdState(gateway, settings, system_update_id=system_update_id)
         self.dispatcher = ActionDispatcher(gateway, settings, self.state, link)
-        self.events = EventService(reactor, self.state, settings, gateway.now, notify)
+        subscriptions = Subscriptions(
+            per_source=self.limits.subscriptions_per_client, total=self.limits.subscriptions
+        )
+        self.events = EventService(
+            reactor, self.state, settings, gateway.now, notify, subscriptions
+        )
         self.routes = self._routes()
         self.resource = UpnpResource(self)
         self.site = build_site(self)
+
+    def set_limits(self, limits: UpnpLimits) -> None:
+        """New caps (a reload), for new connections, requests and subscriptions; what is open
+        stays, and each client's bucket keeps its tokens (capped at the new burst)."""
+        self.limits = limits
+        self.requests.configure(limits.request_burst, limits.requests_per_second)
+        self.events.subscriptions.set_caps(
+            per_source=limits.subscriptions_per_client, total=limits.subscriptions
+        )
 
     @property
     def config_id(self) -> int:
@@ -312,6 +386,9 @@ class UpnpResource(Resource):
         if client is None or not self.front.is_lan(client):
             log.debug("upnp http: refused a request from {peer}", peer=client)
             raise _Refused(403)
+        now = self.front.now()
+        if not self.front.requests.allow(client, now):
+            return self._too_many(request, client, now)
         method = bytes(request.method).decode("latin-1")
         if method not in KNOWN_METHODS:
             raise _Refused(501)
@@ -335,6 +412,21 @@ class UpnpResource(Resource):
         if route.kind == "control":
             return self._control(request, route.service, CallContext(client, view))
         return self._event(request, method, route.service, client, local_host)
+
+    def _too_many(self, request: Any, client: IPAddress, now: float) -> bytes:
+        """Over the client's request rate: an empty 503 saying when to come back, and the
+        connection closed (a flood has to connect again for every further request)."""
+        front = self.front
+        if front.refusals.due(("rate", client), now):
+            log.info(
+                "refused UPnP HTTP requests from {client}: over {rate:g} per second "
+                "(limits.http_requests_per_second), answering 503",
+                client=client,
+                rate=front.requests.per_second,
+            )
+        request.channel.persistent = False
+        retry = front.requests.retry_after(client, now)
+        return self._empty(request, 503, (("Retry-After", str(retry)), ("Connection", "close")))
 
     # -- SOAP ---------------------------------------------------------------------------------
 
@@ -493,8 +585,8 @@ class _Channel(HTTPChannel):
 
 
 class _UpnpSite(Site):
-    """A site that bounds connections per peer and in total and keeps no access log
-    (per-request lines are debug only).
+    """A site that bounds connections per peer and in total (the front-end's current
+    ``limits``) and keeps no access log (per-request lines are debug only).
 
     At the total cap a new peer still gets in when another peer holds more connections than
     it: that peer's oldest connection is closed to make room. Otherwise a client with many
@@ -504,33 +596,32 @@ class _UpnpSite(Site):
     noisy = False
     displayTracebacks = False
 
-    def __init__(
-        self,
-        resource: Resource,
-        reactor: Any = None,
-        is_lan: Callable[[IPAddress], bool] | None = None,
-    ) -> None:
+    def __init__(self, front: UpnpFrontEnd) -> None:
         parent: Any = super()  # twisted.web's Site is untyped
-        parent.__init__(resource, _BoundedRequest, timeout=IDLE_TIMEOUT, reactor=reactor)
+        parent.__init__(
+            front.resource, _BoundedRequest, timeout=IDLE_TIMEOUT, reactor=front.reactor
+        )
         self.protocol = _Channel  # type: ignore[assignment]
         #: each peer's open connections, oldest first
         self._open: dict[str, list[_Channel]] = {}
-        self._is_lan = is_lan
+        self._front = front
 
     def buildProtocol(self, addr: Any) -> Any:
         host = str(getattr(addr, "host", ""))
-        if self._is_lan is not None:
-            peer = scoped_peer(addr)
-            if peer is None or not self._is_lan(peer):
-                # not a LAN host: close at once, say nothing (protocols.md §8.1)
-                log.debug("upnp http: dropped a connection from {peer}", peer=host)
-                return None
+        front = self._front
+        peer = scoped_peer(addr)
+        if peer is None or not front.is_lan(peer):
+            # not a LAN host: close at once, say nothing (protocols.md §8.1)
+            log.debug("upnp http: dropped a connection from {peer}", peer=host)
+            return None
+        limits = front.limits
         mine = len(self._open.get(host, ()))
         total = sum(len(channels) for channels in self._open.values())
-        if mine >= MAX_CONNECTIONS_PER_PEER or (
-            total >= MAX_CONNECTIONS and not self._make_room(mine)
-        ):
-            log.debug("upnp http: too many connections, refused {peer}", peer=host)
+        if mine >= limits.connections_per_client:
+            self._refused(peer, f"it holds {mine} already (limits.http_connections_per_client)")
+            return None
+        if total >= limits.connections and not self._make_room(mine):
+            self._refused(peer, f"{total} are open in all (limits.http_connections)")
             return None
         parent: Any = super()
         channel = parent.buildProtocol(addr)
@@ -539,6 +630,12 @@ class _UpnpSite(Site):
         channel.peer_host = host
         self._open.setdefault(host, []).append(channel)
         return channel
+
+    def _refused(self, peer: IPAddress, why: str) -> None:
+        if self._front.refusals.due(("connection", peer), self._front.now()):
+            log.info("refused a UPnP HTTP connection from {client}: {why}", client=peer, why=why)
+        else:
+            log.debug("upnp http: too many connections, refused {client}", client=peer)
 
     def _make_room(self, mine: int) -> bool:
         """Close the oldest connection of the peer holding the most, if it holds more than
@@ -568,7 +665,7 @@ class _UpnpSite(Site):
 def build_site(front: UpnpFrontEnd) -> Site:
     """A twisted.web site serving ``front`` (``front.site`` is the one its listeners share,
     so the connection limits hold across LAN addresses)."""
-    return _UpnpSite(front.resource, reactor=front.reactor, is_lan=front.is_lan)
+    return _UpnpSite(front)
 
 
 def listen_http(reactor: Any, address: str, port: int, front: UpnpFrontEnd) -> Any:

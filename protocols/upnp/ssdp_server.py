@@ -23,7 +23,6 @@ from __future__ import annotations
 import random
 import socket
 import struct
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from ipaddress import (
@@ -38,6 +37,7 @@ from typing import Any, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from protocols.ratelimit import RateLimiter
 from protocols.upnp.ssdp import (
     HOST_IPV4,
     HOST_IPV6_LINK,
@@ -213,33 +213,6 @@ class SsdpSettings:
         )
         if min(counts) < 1 or self.rate_per_second <= 0 or self.global_per_second <= 0:
             raise ValueError("limits and rates must be positive")
-
-
-# -- rate limiting -----------------------------------------------------------------------------
-
-
-class RateLimiter:
-    """Token buckets per key (a source address), bounded in the number of keys: the least
-    recently used key is forgotten first. Pure: the time is an argument."""
-
-    def __init__(self, burst: int, per_second: float, max_keys: int) -> None:
-        self._burst = float(burst)
-        self._rate = per_second
-        self._max_keys = max_keys
-        self._buckets: OrderedDict[object, tuple[float, float]] = OrderedDict()
-
-    def take(self, key: object, wanted: int, now: float) -> int:
-        """Take up to ``wanted`` tokens; returns how many were granted (0..wanted)."""
-        tokens, stamp = self._buckets.pop(key, (self._burst, now))
-        tokens = min(self._burst, tokens + max(0.0, now - stamp) * self._rate)
-        granted = max(0, min(wanted, int(tokens)))
-        self._buckets[key] = (tokens - granted, now)
-        while len(self._buckets) > self._max_keys:
-            self._buckets.popitem(last=False)
-        return granted
-
-    def __len__(self) -> int:
-        return len(self._buckets)
 
 
 # -- the server --------------------------------------------------------------------------------

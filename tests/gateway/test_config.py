@@ -229,7 +229,7 @@ def test_yaml_anchors_and_merge_keys_work() -> None:
         pytest.param(
             BASE + "telemetry: true",
             "x.yaml: telemetry: unknown key (expected one of: wan, lan, lifetimes, policy, upnp,"
-            " natpmp, pcp, state, control, backend, log, metrics)",
+            " natpmp, pcp, limits, state, control, backend, log, metrics)",
             id="unknown-top-level-key",
         ),
         pytest.param(

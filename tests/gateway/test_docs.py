@@ -16,7 +16,7 @@ import yaml
 
 from gateway.audit import change_fields
 from gateway.cli import build_parser
-from gateway.config import Config, LanConfig, Rule, WanConfig, _plain, dump_config
+from gateway.config import Config, LanConfig, Rule, StunConfig, WanConfig, _plain, dump_config
 from gateway.errors import Reason
 from gateway.metrics import GatewayMetrics
 from gateway.model import Change, ChangeKind, Endpoint, Kind, Mapping, MappingKey, Origin, Owner
@@ -72,7 +72,16 @@ ITEM_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: For keys inside a section that is null by default: a section with every default.
+OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "wan.stun": _plain(StunConfig(server="stun.example.net")),
+}
+
+
 def real_default(path: str) -> Any:
+    section, _, key = path.rpartition(".")
+    if section in OPTIONAL_DEFAULTS:
+        return OPTIONAL_DEFAULTS[section][key]
     if "[]." in path:
         item, _, key = path.rpartition(".")
         return ITEM_DEFAULTS[item][key]
