@@ -31,6 +31,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -386,13 +387,15 @@ def listen_udp5351(
     """Bind one socket per LAN address (IPv4: NAT-PMP and/or PCP; IPv6: PCP only) on ``port``
     and return the listening ports (``stopListening`` each to close). ``interfaces`` names the
     LAN interface of each address; ``limiter`` is the per-client rate limit the sockets share
-    (None: one with the default rates). A bind failure closes what was opened and raises
-    ``twisted.internet.error.CannotListenError``."""
+    (None: one with the default rates). An address that cannot be bound is logged and left
+    out, so the others still serve (the daemon binds again when the LAN addresses change);
+    only when none can be bound is ``CannotListenError`` raised."""
     epoch = EpochClock(gateway)
     if limiter is None:
         limiter = SourceLimiter(gateway.now)
     names = dict(interfaces or {})
     listening: list[Any] = []
+    failures: list[CannotListenError] = []
     for address in addresses:
         ipv4 = isinstance(address, IPv4Address)
         if not (pcp_enabled or (natpmp_enabled and ipv4)):
@@ -418,8 +421,15 @@ def listen_udp5351(
                     port, protocol, interface=str(address), maxPacketSize=_MAX_DATAGRAM
                 )
             )
-        except Exception:
-            for opened in listening:
-                opened.stopListening()
-            raise
+        except CannotListenError as error:
+            failures.append(error)
+    if failures and not listening:
+        raise failures[0]
+    for failure in failures:
+        log.error(
+            "cannot listen on UDP {port} at {address}: {error}; the other addresses serve",
+            port=port,
+            address=failure.interface,
+            error=failure.socketError,
+        )
     return listening

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.error import CannotListenError
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from gateway.model import IPAddress
 from protocols.natpmp import codec as natpmp
@@ -323,11 +324,20 @@ def test_natpmp_alone_binds_no_ipv6_socket() -> None:
     assert listen_udp5351(FakeReactor(), [GATEWAY_V4], Rig().service, is_lan, False, False) == []
 
 
-def test_a_bind_failure_closes_what_was_opened() -> None:
+def test_an_address_that_cannot_be_bound_leaves_the_others_serving() -> None:
     reactor = FakeReactor(failing=(str(GATEWAY_V6),))
+    with capturedLogs() as events:
+        ports = listen_udp5351(reactor, [GATEWAY_V4, GATEWAY_V6], Rig().service, is_lan, True, True)
+    assert len(ports) == 1 and reactor.stopped == []
+    assert [interface for _, _, interface in reactor.listening] == [str(GATEWAY_V4)]
+    [line] = [formatEvent(e) for e in events if e.get("log_level") is LogLevel.error]
+    assert f"cannot listen on UDP 5351 at {GATEWAY_V6}" in line
+
+
+def test_when_no_address_can_be_bound_the_error_is_raised() -> None:
+    reactor = FakeReactor(failing=(str(GATEWAY_V4), str(GATEWAY_V6)))
     with pytest.raises(CannotListenError):
         listen_udp5351(reactor, [GATEWAY_V4, GATEWAY_V6], Rig().service, is_lan, True, True)
-    assert reactor.stopped == [str(GATEWAY_V4)]
 
 
 def test_a_real_loopback_socket_answers_and_sets_the_multicast_interface() -> None:
