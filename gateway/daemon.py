@@ -336,7 +336,7 @@ class Daemon:
             "NAT-PMP {natpmp}, PCP {pcp}: listening on UDP 5351 at {addresses}",
             natpmp="on" if config.natpmp.enabled else "off",
             pcp="on" if config.pcp.enabled else "off",
-            addresses=", ".join(str(a) for a in addresses),
+            addresses=", ".join(str(p.getHost().host) for p in self.udp5351_ports),
         )
 
     def stop_udp5351(self) -> list[Deferred[None]]:
@@ -345,15 +345,20 @@ class Daemon:
         self.udp5351_ports = []
         return [d for d in closing if d is not None]
 
-    def restart_frontends(self) -> None:
+    def restart_frontends(self, rebuild_upnp: bool = False) -> None:
         """Listen again on the LAN addresses as they are now. Twisted closes a port's socket
         only at the reactor's next turn, so the new sockets open once the old ones are gone
         (else the same address and port are still in use); changes that arrive meanwhile
-        are picked up by that start, which reads the addresses when it runs."""
+        are picked up by that start, which reads the addresses when it runs.
+        ``rebuild_upnp``: the UPnP front-end is made anew from the config (its settings
+        changed; GENA subscribers are dropped and SSDP announces a new CONFIGID)."""
         if self.restarting:
+            if rebuild_upnp and self.upnp is not None:
+                self.upnp.stop()
+                self.upnp = None
             return
         self.restarting = True
-        closing = self.stop_udp5351() + self.stop_upnp(final=False)
+        closing = self.stop_udp5351() + self.stop_upnp(final=rebuild_upnp)
 
         def start(_: object) -> None:
             self.restarting = False
@@ -381,10 +386,18 @@ class Daemon:
                 "reload: changes to {keys} need a restart; the rest applies now",
                 keys=", ".join(moved),
             )
+        fronts = [
+            name
+            for name in ("upnp", "natpmp", "pcp")
+            if getattr(config, name) != getattr(self.config, name)
+        ]
         self.config = config
         self.predicate.setLogLevelForNamespace(None, _LEVELS[config.log.level])  # type: ignore[arg-type]
         self.service.set_policy(build_policy(config, self.lan_info))
         self.apply_limits(config.limits)
+        if fronts:
+            log.info("reload: {names} changed: listening again", names=", ".join(fronts))
+            self.restart_frontends(rebuild_upnp="upnp" in fronts)
         log.info("reloaded {path}: new rules apply to new requests", path=self.config_path)
 
     def apply_limits(self, limits: LimitsConfig) -> None:

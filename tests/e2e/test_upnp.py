@@ -5,8 +5,10 @@ async-upnp-client; with real traffic from the WAN host and nothing answered on t
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import textwrap
+import time
 
 import pytest
 
@@ -228,3 +230,42 @@ def test_a_windows_client_gets_the_igd1_view_and_can_map(lab: Lab, daemon: Gatew
     assert row["external"] == f"{WAN_GW}:8300"
     assert row["lifetime_remaining"] is None  # IGD:1 lease 0 is permanent
     assert lab.reaches(lab.wan, lab.lan, "tcp", (WAN_GW, 8300), 8300)
+
+
+def test_a_reload_applies_new_upnp_and_natpmp_settings(lab: Lab, daemon: GatewayDaemon) -> None:
+    """SIGHUP with a renamed device and NAT-PMP switched off: clients see both at once."""
+    assert (
+        "Public IP address : 203.0.113.1"
+        in lab.run(lab.lan, "natpmpc", "-g", GW_LAN, check=False).stdout
+    )
+    daemon.config.write_text(
+        daemon.config.read_text()
+        + 'upnp: {friendly_name: "renamed router"}\nnatpmp: {enabled: false}\n'
+    )
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        log = daemon.log_text()
+        if "listening again" in log and log.split("listening again")[1].count("UPnP IGD:") > 0:
+            break
+        time.sleep(0.1)
+    log = daemon.log_text()
+    assert "reload: upnp, natpmp changed" in log, log[-2000:]
+    port = int(re.findall(r"UPnP IGD:\d on port (\d+)", log)[-1])
+    out = lab.python(
+        lab.lan,
+        f"""
+        import http.client
+        c = http.client.HTTPConnection("{GW_LAN}", {port}, timeout=5)
+        c.request("GET", "/rootDesc.xml")
+        print(c.getresponse().read().decode())
+        """,
+    )
+    assert "<friendlyName>renamed router</friendlyName>" in out
+    # natpmpc would retry for a minute: 5 s without an answer is enough
+    late = lab.run(lab.lan, "timeout", "5", "natpmpc", "-g", GW_LAN, check=False).stdout
+    assert "Public IP address" not in late
+    # mapping still works through UPnP, found again by SSDP
+    out = upnpc(lab, lab.lan, "-e", "after reload", "-a", LAN_HOST, "8400", "8400", "TCP")
+    assert "is redirected to internal" in out, out
