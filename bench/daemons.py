@@ -161,7 +161,8 @@ class Portgate:
         self.log = self.directory / "portgate.log"
         self.proc: subprocess.Popen[bytes] | None = None
         # The defaults, spelled out, plus quotas large enough for the benchmark's 10,000
-        # mappings from one LAN host (miniupnpd has no quotas).
+        # mappings from one LAN host and per-client request rates the load generators cannot
+        # reach (miniupnpd has neither: the benchmark measures the daemons, not the limits).
         self.config.write_text(
             f"""\
 wan: {{interface: wan0}}
@@ -181,6 +182,8 @@ state: {{lease_file: {self.lease_file}, keep_mappings_on_stop: true}}
 control: {{socket: {self.directory}/control.sock}}
 backend: {{type: nft, nft: {{table: portgate}}}}
 log: {{level: info}}
+limits: {{http_requests_per_second: 1000000, http_request_burst: 1000000,
+          udp5351_requests_per_second: 1000000, udp5351_request_burst: 1000000}}
 """
         )
 
