@@ -41,7 +41,7 @@ class MemoryBackend:
         if self._failures:
             raise BackendError(self._failures.pop(0))
 
-    def install(self, mappings: Iterable[Mapping]) -> None:
+    def install(self, mappings: Iterable[Mapping]) -> tuple[int, int]:
         self._maybe_fail()
         entries: dict[int, KernelEntry] = {}
         for mapping in mappings:
@@ -49,9 +49,12 @@ class MemoryBackend:
             if view is not None:
                 entries[mapping.uid] = view
         self._check_unique(entries)
+        before = {e.canonical() for e in self._entries.values()}
+        after = {e.canonical() for e in entries.values()}
         self._entries = entries
         self._flushed = False
         self.installs += 1
+        return len(before - after), len(after - before)
 
     def apply(self, changes: Sequence[Change]) -> None:
         self._maybe_fail()

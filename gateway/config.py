@@ -440,6 +440,12 @@ class NftConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     ipv6_firewall: bool = False
     forward_jump: _JUMP | None = None
     check_interval: Annotated[float, msgspec.Meta(ge=0.5, le=60)] = 2.0
+    verify_interval: Annotated[
+        float,
+        msgspec.Meta(
+            ge=0, le=86400, description="seconds from 0 (never) to 86400 between full checks"
+        ),
+    ] = 300.0
 
 
 class BackendConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

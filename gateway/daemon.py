@@ -542,7 +542,12 @@ def start_daemon(config_path: str, config: Config, reactor: Any) -> Daemon:
         raise StartupError(f"nftables backend: {error}") from error
     clock = Clock(reactor)
     service = GatewayService(
-        table, backend, store, clock, health_interval=config.backend.nft.check_interval
+        table,
+        backend,
+        store,
+        clock,
+        health_interval=config.backend.nft.check_interval,
+        verify_interval=config.backend.nft.verify_interval,
     )
     predicate = LogLevelFilterPredicate()
     daemon = Daemon(config_path, config, reactor, service, backend, predicate, lan_info=lan_info)

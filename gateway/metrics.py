@@ -32,7 +32,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Metric
 from prometheus_client.core import CounterMetricFamily
@@ -73,6 +73,9 @@ def refusal_reason(error: BaseException) -> str:
     return error.reason.value if isinstance(error, GatewayError) else INTERNAL_ERROR
 
 
+_T = TypeVar("_T")
+
+
 class TimedBackend:
     """A ``Backend`` that times each transaction of the one it wraps and counts failures."""
 
@@ -81,8 +84,8 @@ class TimedBackend:
         self.name = inner.name
         self._observe = observe
 
-    def install(self, mappings: Iterable[Mapping]) -> None:
-        self._timed("install", self.inner.install, mappings)
+    def install(self, mappings: Iterable[Mapping]) -> tuple[int, int]:
+        return self._timed("install", self.inner.install, mappings)
 
     def apply(self, changes: Sequence[Change]) -> None:
         self._timed("apply", self.inner.apply, changes)
@@ -96,14 +99,15 @@ class TimedBackend:
     def healthy(self) -> bool:
         return self.inner.healthy()
 
-    def _timed(self, operation: str, call: Callable[[Any], None], argument: Any) -> None:
+    def _timed(self, operation: str, call: Callable[[Any], _T], argument: Any) -> _T:
         started = time.perf_counter()
         try:
-            call(argument)
+            result = call(argument)
         except BackendError:
             self._observe(operation, time.perf_counter() - started, False)
             raise
         self._observe(operation, time.perf_counter() - started, True)
+        return result
 
 
 class GatewayMetrics:

@@ -68,9 +68,10 @@ class Backend(Protocol):
 
     name: str
 
-    def install(self, mappings: Iterable[Mapping]) -> None:
+    def install(self, mappings: Iterable[Mapping]) -> tuple[int, int]:
         """Create our tables and make the installed set exactly ``mappings`` (start-up
-        reconcile and repair)."""
+        reconcile, repair, verification); returns how many entries it had to remove and to
+        add for that."""
         ...
 
     def apply(self, changes: Sequence[Change]) -> None:

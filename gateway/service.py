@@ -60,6 +60,8 @@ REFUSAL_LOG_INTERVAL = 60.0
 RETRY_DELAY = 5.0
 #: How often the backend is asked whether its tables are still in place.
 HEALTH_INTERVAL = 2.0
+#: Seconds between full comparisons of the backend's entries with the table (0: never).
+VERIFY_INTERVAL = 300.0
 EPOCH_META_KEY = "epoch_wall"
 
 
@@ -126,9 +128,13 @@ class GatewayService:
         clock: Clock,
         *,
         health_interval: float = HEALTH_INTERVAL,
+        verify_interval: float = VERIFY_INTERVAL,
     ) -> None:
         self.table = table
         self.health_interval = health_interval
+        self.verify_interval = verify_interval
+        #: when the backend's entries were last compared with the table (install, repair)
+        self._verified_at = 0.0
         self.backend = backend
         self.store = store
         self.clock = clock
@@ -275,6 +281,7 @@ class GatewayService:
             )
         moved = self.table.set_external_address(self.table.external_address)
         self.backend.install(list(self.table))
+        self._verified_at = now
         # the store already holds what was loaded: write only what start-up changed
         fixes = [Change(ChangeKind.REMOVED, m, None) for m in dropped] + moved
         if fixes:
@@ -452,6 +459,9 @@ class GatewayService:
             self._arm_expiry()
 
     def _check_health(self) -> None:
+        """The cheap check (is our table there?) every ``health_interval``; the full one (is
+        every entry what the table says?) every ``verify_interval``, for entries deleted or
+        added from outside one by one, which the cheap check cannot see."""
         self._health_call = self.clock.call_later(self.health_interval, self._check_health)
         if not self.backend.healthy():
             log.warn(
@@ -459,8 +469,29 @@ class GatewayService:
                 backend=self.backend.name,
             )
             self._repair()
+        elif self.verify_interval and self.clock.now() - self._verified_at >= self.verify_interval:
+            self._verify()
+
+    def _verify(self) -> None:
+        self._verified_at = self.clock.now()
+        try:
+            removed, added = self.backend.install(list(self.table))
+        except BackendError as error:
+            self.stats.last_error = str(error)
+            log.error("could not compare the backend with the table: {error}", error=error)
+            return
+        if removed or added:
+            self.stats.repairs += 1
+            log.warn(
+                "backend {backend} had been changed from outside: removed {removed} entry(ies) "
+                "the table does not hold and put back {added} missing",
+                backend=self.backend.name,
+                removed=removed,
+                added=added,
+            )
 
     def _repair(self) -> None:
+        self._verified_at = self.clock.now()
         try:
             self.backend.install(list(self.table))
         except BackendError as error:

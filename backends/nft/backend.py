@@ -109,7 +109,7 @@ class NftBackend:
             )
         return dump
 
-    def install(self, mappings: Iterable[Mapping]) -> None:
+    def install(self, mappings: Iterable[Mapping]) -> tuple[int, int]:
         desired: set[KernelEntry] = set()
         for mapping in mappings:
             view = kernel_view(mapping)
@@ -131,7 +131,7 @@ class NftBackend:
                 how="created" if dump is None else "rebuilt",
                 count=len(desired),
             )
-            return
+            return self.last_repair
         current = dump.entries()
         if foreign is not None:
             current |= foreign.entries()
@@ -146,6 +146,7 @@ class NftBackend:
                 stale=len(stale),
                 missing=len(missing),
             )
+        return self.last_repair
 
     def apply(self, changes: Sequence[Change]) -> None:
         removed, added = net_effect(changes)

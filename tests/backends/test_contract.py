@@ -205,9 +205,11 @@ def test_what_a_batch_adds_and_removes_again_never_lands(
 
 def test_install_reconciles_with_what_is_there(subject: tuple[Backend, object]) -> None:
     backend, _ = subject
-    backend.install(SAMPLE[:3])
-    backend.install([*SAMPLE[2:], port_map(11, 6000)])
+    assert backend.install(SAMPLE[:3]) == (0, 3)
+    # says what it had to change: the full check logs it, and stays quiet when it was nothing
+    assert backend.install([*SAMPLE[2:], port_map(11, 6000)]) == (2, 3)
     assert backend.snapshot() == views([*SAMPLE[2:], port_map(11, 6000)])
+    assert backend.install([*SAMPLE[2:], port_map(11, 6000)]) == (0, 0)
 
 
 def test_an_external_flush_is_noticed_and_repaired(subject: tuple[Backend, object]) -> None:

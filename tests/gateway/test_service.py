@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock as TaskClock
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from backends.memory import MemoryBackend
@@ -22,13 +23,19 @@ from tests.gateway.conftest import EXTERNAL, ep, make_table, owner
 
 
 class Rig:
-    def __init__(self, path: Path, reactor: TaskClock | None = None) -> None:
+    def __init__(
+        self, path: Path, reactor: TaskClock | None = None, verify_interval: float = 300.0
+    ) -> None:
         self.reactor = reactor or TaskClock()
         self.backend = MemoryBackend()
         self.store = LeaseStore(path)
         self.table = make_table()
         self.service = GatewayService(
-            self.table, self.backend, self.store, Clock.for_tests(self.reactor)
+            self.table,
+            self.backend,
+            self.store,
+            Clock.for_tests(self.reactor),
+            verify_interval=verify_interval,
         )
         self.events: list[GatewayEvent] = []
         self.service.subscribe(self.events.append)
@@ -218,6 +225,35 @@ def test_a_flushed_backend_is_restored(rig: Rig) -> None:
     rig.reactor.advance(2.1)
     assert rig.backend.snapshot() == expected
     assert rig.service.stats.repairs == 1
+
+
+def test_an_entry_deleted_from_outside_is_put_back_at_the_next_full_check(rig: Rig) -> None:
+    """The cheap check every 2 s sees the table there; the full one (every 300 s by
+    default) compares each entry."""
+    granted = rig.result(rig.service.handle(natpmp_map(8080)))
+    assert isinstance(granted, Granted)
+    expected = rig.backend.snapshot()
+    rig.backend.simulate_external_delete(granted.mapping.key)
+    with capturedLogs() as events:
+        rig.reactor.advance(60)
+        assert rig.backend.snapshot() == frozenset()  # not yet: only the cheap checks ran
+        rig.reactor.pump([2.0] * 130)
+    assert rig.backend.snapshot() == expected
+    assert rig.service.stats.repairs == 1
+    [line] = [formatEvent(e) for e in events if "changed from outside" in formatEvent(e)]
+    assert "put back 1 missing" in line
+    rig.reactor.pump([2.0] * 200)  # nothing more to put right: nothing more said
+    assert rig.service.stats.repairs == 1
+
+
+def test_the_full_check_can_be_turned_off(tmp_path: Path) -> None:
+    rig = Rig(tmp_path / "leases.db", verify_interval=0)
+    rig.service.start()
+    granted = rig.result(rig.service.handle(natpmp_map(8080)))
+    assert isinstance(granted, Granted)
+    rig.backend.simulate_external_delete(granted.mapping.key)
+    rig.reactor.pump([2.0] * 400)
+    assert rig.backend.snapshot() == frozenset()
 
 
 def test_a_new_external_address_moves_every_mapping(rig: Rig) -> None:
