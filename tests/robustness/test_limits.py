@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from protocols.natpmp.codec import PublicAddressResponse, decode_response
-from tests.netlab import GW_LAN, LAN2_HOST, LAN_HOST, GatewayDaemon, Lab, inside, unique_prefix
+from tests.netlab import GW_LAN, LAN2_HOST, LAN_HOST, GatewayDaemon, Lab, inside
 from tests.robustness.rig import (
     ANSWER_BOUND,
     HTTP_PORT,
@@ -41,16 +41,6 @@ pytestmark = [pytest.mark.netns]
 NATPMP_PUBLIC_ADDRESS = b"\x00\x00"
 #: Where the GENA subscribers of these tests take their NOTIFYs.
 NOTIFY_PORT = 47000
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab(unique_prefix("l"))
-    lab.up()
-    try:
-        yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture
