@@ -301,13 +301,13 @@ class Daemon:
         config = self.config
         if not (config.natpmp.enabled or config.pcp.enabled):
             return
-        # Twisted's UDP port cannot bind a zoned (link-local) IPv6 address: PCP over IPv6
-        # listens on the LAN's ULA and global addresses
+        # PCP over IPv6 on every IPv6 address of the LAN interfaces, the zoned link-local ones
+        # too: a client's default router, hence its PCP server (RFC 6887 §8.1), is usually
+        # the router's link-local address
         addresses = {
             address: name
             for address, name in self.lan_addresses().items()
-            if isinstance(address, IPv4Address)
-            or (config.pcp.enabled and config.pcp.ipv6 and not address.is_link_local)
+            if isinstance(address, IPv4Address) or (config.pcp.enabled and config.pcp.ipv6)
         }
         if not addresses:
             log.warn("no LAN address yet: NAT-PMP/PCP will listen once one appears")
@@ -336,7 +336,8 @@ class Daemon:
             "NAT-PMP {natpmp}, PCP {pcp}: listening on UDP 5351 at {addresses}",
             natpmp="on" if config.natpmp.enabled else "off",
             pcp="on" if config.pcp.enabled else "off",
-            addresses=", ".join(str(p.getHost().host) for p in self.udp5351_ports),
+            # the protocol's address: a link-local one with its zone (getHost drops it)
+            addresses=", ".join(str(p.protocol.local_address) for p in self.udp5351_ports),
         )
 
     def stop_udp5351(self) -> list[Deferred[None]]:

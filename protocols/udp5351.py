@@ -1,8 +1,12 @@
 """The UDP 5351 socket shared by NAT-PMP and PCP, and its announcements.
 
 One ``Udp5351Protocol`` per LAN address (``listen_udp5351`` binds them, so nothing listens on
-the WAN). A datagram whose source is not a LAN address is dropped before anything reads it;
-the rest are told apart by their first byte (RFC 6887 §9, protocols.md §6.13):
+the WAN), the LAN interfaces' IPv6 link-local addresses included: RFC 6887 §8.1 has a PCP client
+ask its default router, which on IPv6 is the router's link-local address (the source of its
+Router Advertisements). A datagram whose source is not a LAN address is dropped before anything
+reads it (a link-local source is given the zone of the interface the socket is tied to for that
+check, so only one that came in on a LAN interface passes); the rest are told apart by their
+first byte (RFC 6887 §9, protocols.md §6.13):
 
 - 0: NAT-PMP (IPv4 sockets with NAT-PMP enabled; dropped otherwise);
 - 2, and 1 or > 2: PCP (the latter answered UNSUPP_VERSION offering version 2); with PCP
@@ -16,7 +20,9 @@ Announcements, at start and whenever the gateway publishes ``EpochReset`` or a n
 address (``ExternalAddressChanged``): 10 sends, 250 ms apart at first and doubling (RFC 6886
 §3.2.1; RFC 6887 §14.1.3 allows the same), each carrying the current epoch: the NAT-PMP public
 address response to 224.0.0.1:5350 (skipped while the address is unknown) and the PCP
-unsolicited ANNOUNCE to 224.0.0.1:5350 or [ff02::1]:5350.
+unsolicited ANNOUNCE to 224.0.0.1:5350 or [ff02::1]:5350 out of the socket's LAN interface
+(so each IPv6 address of an interface, its link-local one too, announces there, and a client
+hears it from whichever of them it uses as its server).
 
 The epoch (NAT-PMP SSSoE and PCP epoch, one counter) is the gateway's, restarted when the
 external address changes (RFC 6887 §8.5 requires that; ``EpochClock``).
@@ -24,6 +30,7 @@ external address changes (RFC 6887 §8.5 requires that; ``EpochClock``).
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +59,7 @@ __all__ = [
     "EpochClock",
     "SourceLimiter",
     "Udp5351Protocol",
+    "bind_link_local",
     "listen_udp5351",
 ]
 
@@ -158,6 +166,12 @@ class Udp5351Protocol(DatagramProtocol):
         )
         self._unsubscribe: Callable[[], None] | None = None
         self._announce_call: Any = None
+        #: the interface the kernel ties this socket to, if it does: every datagram came in
+        #: there, so it is the zone of a link-local source (which Twisted hands over without
+        #: one). A zoned link-local address is tied by its bind; others by SO_BINDTODEVICE.
+        self._zone: str | None = None
+        if isinstance(local_address, IPv6Address) and local_address.is_link_local:
+            self._zone = local_address.scope_id
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -208,6 +222,7 @@ class Udp5351Protocol(DatagramProtocol):
         if self.interface is not None:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, _SO_BINDTODEVICE, self.interface.encode())
+                self._zone = self._zone or self.interface
             except OSError as error:
                 log.warn(
                     "{address}: cannot bind to interface {interface} ({error}); relying on "
@@ -221,18 +236,32 @@ class Udp5351Protocol(DatagramProtocol):
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         host, port = str(addr[0]), int(addr[1])
+        bare, _, zone = host.partition("%")
         try:
-            source = ip_address(host.partition("%")[0])
+            source = ip_address(bare)
         except ValueError:
             return
         if isinstance(source, IPv6Address) and source.ipv4_mapped is not None:
             source = source.ipv4_mapped
-        if not self._is_lan(source):
-            log.debug("dropped a datagram from non-LAN {source}", source=source)
+        # the LAN check and the rate limit see a link-local source with its zone, the
+        # interface it came in on (Twisted drops the scope id recvfrom gives, so it is the
+        # socket's own; without one, such a source is not heard); the handlers see the bare
+        # address, which is what a PCP client puts in its header. Replies to it leave by the
+        # socket's interface.
+        peer: IPAddress = source
+        if isinstance(source, IPv6Address) and source.is_link_local:
+            zone = zone or self._zone or ""
+            if zone:
+                try:
+                    peer = IPv6Address(f"{source}%{zone}")
+                except ValueError:
+                    return
+        if not self._is_lan(peer):
+            log.debug("dropped a datagram from non-LAN {source}", source=peer)
             return
         if not datagram:
             return
-        if self._limiter is not None and not self._limiter.allow(source):
+        if self._limiter is not None and not self._limiter.allow(peer):
             return
         version = datagram[0]
         reply: Deferred[bytes | None] | None = None
@@ -368,6 +397,54 @@ class SourceLimiter:
         return len(self._buckets)
 
 
+def bind_link_local(address: IPv6Address, port: int) -> socket.socket:
+    """A non-blocking IPv6 UDP socket bound to ``address``, a link-local address with its zone
+    (``fe80::1%br-lan``; the zone an interface name or index), on ``port``.
+
+    Twisted's ``listenUDP`` cannot do this: it binds ``(host, port)``, and a link-local
+    address needs the interface index in the 4-tuple (without it the kernel says EINVAL).
+    Bound this way, Linux also ties the socket to that interface (as SO_BINDTODEVICE), so it
+    receives only what came in there and a reply to a link-local peer leaves by it.
+    Raises OSError (the zone names no interface, the address is not on it yet)."""
+    zone = address.scope_id
+    if not zone:
+        raise OSError(errno.EINVAL, f"{address} has no zone (interface)")
+    index = int(zone) if zone.isdigit() else socket.if_nametoindex(zone)
+    bare = str(address).partition("%")[0]
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setblocking(False)
+        sock.bind((bare, port, 0, index))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _listen(reactor: Any, address: IPAddress, port: int, protocol: Udp5351Protocol) -> Any:
+    """One listening port: ``listenUDP``, or for a zoned link-local address a socket bound
+    here and handed to the reactor (``IReactorSocket.adoptDatagramPort``). Raises
+    ``CannotListenError``."""
+    if not (isinstance(address, IPv6Address) and address.is_link_local and address.scope_id):
+        return reactor.listenUDP(
+            port, protocol, interface=str(address), maxPacketSize=_MAX_DATAGRAM
+        )
+    try:
+        sock = bind_link_local(address, port)
+    except OSError as error:
+        raise CannotListenError(str(address), port, error) from error  # type: ignore[no-untyped-call]
+    try:
+        return reactor.adoptDatagramPort(
+            sock.fileno(), socket.AF_INET6, protocol, maxPacketSize=_MAX_DATAGRAM
+        )
+    except OSError as error:
+        raise CannotListenError(str(address), port, error) from error  # type: ignore[no-untyped-call]
+    finally:
+        # the reactor works on its own duplicate of the descriptor
+        sock.close()
+
+
 def listen_udp5351(
     reactor: Any,
     addresses: Sequence[IPAddress],
@@ -385,8 +462,10 @@ def listen_udp5351(
     limiter: SourceLimiter | None = None,
 ) -> list[Any]:
     """Bind one socket per LAN address (IPv4: NAT-PMP and/or PCP; IPv6: PCP only) on ``port``
-    and return the listening ports (``stopListening`` each to close). ``interfaces`` names the
-    LAN interface of each address; ``limiter`` is the per-client rate limit the sockets share
+    and return the listening ports (``stopListening`` each to close). A link-local IPv6
+    address comes with its zone (``fe80::1%br-lan``, as ``Daemon.lan_addresses`` gives it) and
+    is bound on that interface (``bind_link_local``). ``interfaces`` names the LAN interface
+    of each address; ``limiter`` is the per-client rate limit the sockets share
     (None: one with the default rates). An address that cannot be bound is logged and left
     out, so the others still serve (the daemon binds again when the LAN addresses change);
     only when none can be bound is ``CannotListenError`` raised."""
@@ -416,11 +495,7 @@ def listen_udp5351(
             limiter=limiter,
         )
         try:
-            listening.append(
-                reactor.listenUDP(
-                    port, protocol, interface=str(address), maxPacketSize=_MAX_DATAGRAM
-                )
-            )
+            listening.append(_listen(reactor, address, port, protocol))
         except CannotListenError as error:
             failures.append(error)
     if failures and not listening:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import select
 import socket
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
@@ -21,8 +22,10 @@ from protocols.udp5351 import (
     CLIENT_PORT,
     SourceLimiter,
     Udp5351Protocol,
+    bind_link_local,
     listen_udp5351,
 )
+from tests.netlab import Namespace, inside, unique_prefix
 from tests.protocols.gateway_rig import (
     CLIENT,
     CLIENT_V6,
@@ -57,13 +60,14 @@ class Socket:
         local: IPAddress = GATEWAY_V4,
         *,
         announce_on_start: bool = False,
+        lan: Callable[[IPAddress], bool] = is_lan,
         **options: Any,
     ) -> None:
         self.rig = rig
         self.sent: list[tuple[float, bytes, tuple[str, int]]] = []
         self.protocol = Udp5351Protocol(
             rig.service,
-            is_lan,
+            lan,
             local_address=local,
             scheduler=rig.reactor,
             send=self._capture,
@@ -143,6 +147,84 @@ def test_an_ipv6_socket_speaks_pcp_only(rig: Rig) -> None:
     [reply] = sock.receive(pcp_map(CLIENT_V6, 8080), CLIENT_V6)
     assert pcp.decode_response(reply).result is pcp.ResultCode.SUCCESS
     assert rig.mappings()[0].kind.value == "pinhole"
+
+
+# -- on a link-local address ----------------------------------------------------------------
+
+#: the gateway's link-local address on br-lan, with its zone (as Daemon.lan_addresses gives it)
+GATEWAY_LL = IPv6Address("fe80::1%br-lan")
+CLIENT_LL = IPv6Address("fe80::10%br-lan")
+
+
+def zoned_is_lan(address: IPAddress) -> bool:
+    """The daemon's rule (``Daemon.is_lan``): a link-local source is a LAN host only with the
+    zone of a LAN interface (here br-lan, index 7)."""
+    if isinstance(address, IPv6Address) and address.is_link_local:
+        return address.scope_id in {"br-lan", "7"}
+    return is_lan(address)
+
+
+def test_a_global_client_asking_the_link_local_address_gets_its_pinhole(rig: Rig) -> None:
+    """The common case: the client's server is its default router, fe80::1, and it sends from
+    its own global (or ULA) address, which is what it asks to open."""
+    sock = Socket(rig, GATEWAY_LL, interface="br-lan", lan=zoned_is_lan)
+    [reply] = sock.receive(pcp_map(CLIENT_V6, 8080), CLIENT_V6)
+    response = pcp.decode_response(reply)
+    assert response.result is pcp.ResultCode.SUCCESS
+    assert isinstance(response.body, pcp.MapData) and response.body.external_port == 8080
+    [mapping] = rig.mappings()
+    assert mapping.kind.value == "pinhole" and mapping.internal.address == CLIENT_V6
+
+
+ANNOUNCE_REQUEST = pcp.encode_request(pcp.Request(pcp.Opcode.ANNOUNCE, 0, IPv6Address("fe80::10")))
+
+
+def test_a_link_local_source_gets_the_zone_of_the_sockets_interface(rig: Rig) -> None:
+    """Twisted hands a datagram's source over without its zone (it drops the scope id recvfrom
+    gives): on a socket the kernel ties to br-lan, a link-local source came in on br-lan, and
+    the LAN check is asked about it so."""
+    seen: list[IPAddress] = []
+
+    def lan(address: IPAddress) -> bool:
+        seen.append(address)
+        return zoned_is_lan(address)
+
+    sock = Socket(rig, GATEWAY_LL, interface="br-lan", lan=lan)
+    [reply] = sock.receive(ANNOUNCE_REQUEST, IPv6Address("fe80::10"))  # leaves by br-lan
+    assert pcp.decode_response(reply).result is pcp.ResultCode.SUCCESS
+    assert seen == [CLIENT_LL]
+    # a zone that comes with the source is the one checked: another interface's is not the LAN
+    assert sock.receive(ANNOUNCE_REQUEST, IPv6Address("fe80::10%wan0")) == []
+    assert sock.receive(ANNOUNCE_REQUEST, IPv6Address("fe80::10%9")) == []
+    assert len(sock.receive(ANNOUNCE_REQUEST, IPv6Address("fe80::10%7"))) == 1
+
+
+def test_a_socket_tied_to_no_interface_does_not_hear_link_local_sources(rig: Rig) -> None:
+    """A global or ULA address's socket that could not be tied to its interface (here: a fake
+    transport, so no SO_BINDTODEVICE) cannot tell where a link-local source came from."""
+    sock = Socket(rig, GATEWAY_V6, interface="br-lan", lan=zoned_is_lan)
+    assert sock.receive(ANNOUNCE_REQUEST, IPv6Address("fe80::10")) == []
+    [reply] = sock.receive(pcp_map(CLIENT_V6, 8080), CLIENT_V6)
+    assert pcp.decode_response(reply).result is pcp.ResultCode.SUCCESS
+
+
+def test_a_pinhole_for_a_link_local_address_is_refused_with_not_authorized(rig: Rig) -> None:
+    """A client sending from its link-local address asks, by PCP's rule, for a mapping of that
+    address: useless outside the link, so refused the way any address that is not a mappable
+    LAN host is, with a PCP error (not a crash and not silence)."""
+    sock = Socket(rig, GATEWAY_LL, interface="br-lan", lan=zoned_is_lan)
+    [reply] = sock.receive(pcp_map(IPv6Address("fe80::10"), 8080), IPv6Address("fe80::10"))
+    response = pcp.decode_response(reply)
+    assert response.result is pcp.ResultCode.NOT_AUTHORIZED
+    assert response.lifetime > 0
+    assert rig.mappings() == []
+
+
+def test_a_link_local_socket_announces_to_all_nodes_on_its_interface(rig: Rig) -> None:
+    sock = Socket(rig, GATEWAY_LL, interface="br-lan", announce_on_start=True)
+    assert [(data, to) for _, data, to in sock.sent] == [
+        (pcp.encode_announce(0), ("ff02::1%br-lan", CLIENT_PORT))
+    ]
 
 
 def test_an_ipv4_mapped_source_counts_as_ipv4(rig: Rig) -> None:
@@ -270,12 +352,30 @@ def test_mapping_updates_can_be_switched_off(rig: Rig) -> None:
 
 
 class FakeReactor:
-    """``listenUDP`` recorded; fails for the addresses it is told to."""
+    """``listenUDP`` and ``adoptDatagramPort`` recorded; fails for the addresses it is told
+    to. An adopted socket is recorded as (its bound address with the zone, its port), its
+    descriptor duplicated as Twisted does (and closed by ``stopListening``)."""
 
     def __init__(self, failing: tuple[str, ...] = ()) -> None:
         self.listening: list[tuple[int, Udp5351Protocol, str]] = []
+        self.adopted: list[tuple[socket.socket, Udp5351Protocol, int]] = []
         self.stopped: list[str] = []
         self._failing = failing
+
+    def adoptDatagramPort(
+        self, fd: int, family: int, protocol: Udp5351Protocol, maxPacketSize: int = 8192
+    ) -> Any:
+        assert family == socket.AF_INET6
+        sock = socket.fromfd(fd, family, socket.SOCK_DGRAM)
+        self.adopted.append((sock, protocol, maxPacketSize))
+        reactor = self
+
+        class Port:
+            def stopListening(self) -> None:
+                reactor.stopped.append(sock.getsockname()[0])
+                sock.close()
+
+        return Port()
 
     def listenUDP(
         self, port: int, protocol: Udp5351Protocol, interface: str = "", maxPacketSize: int = 8192
@@ -338,6 +438,170 @@ def test_when_no_address_can_be_bound_the_error_is_raised() -> None:
     reactor = FakeReactor(failing=(str(GATEWAY_V4), str(GATEWAY_V6)))
     with pytest.raises(CannotListenError):
         listen_udp5351(reactor, [GATEWAY_V4, GATEWAY_V6], Rig().service, is_lan, True, True)
+
+
+def test_a_zoned_link_local_address_is_bound_here_and_adopted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """listenUDP cannot bind fe80::1%br-lan; the factory binds it (bind_link_local) and hands
+    the socket to the reactor, keeping no descriptor of its own."""
+    bound: list[tuple[IPv6Address, int, socket.socket]] = []
+
+    def bind(address: IPv6Address, port: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.bind(("::1", 0))
+        bound.append((address, port, sock))
+        return sock
+
+    monkeypatch.setattr("protocols.udp5351.bind_link_local", bind)
+    reactor = FakeReactor()
+    ports = listen_udp5351(
+        reactor,
+        [GATEWAY_V4, GATEWAY_V6, GATEWAY_LL],
+        Rig().service,
+        zoned_is_lan,
+        True,
+        True,
+        interfaces={GATEWAY_V4: "br-lan", GATEWAY_V6: "br-lan", GATEWAY_LL: "br-lan"},
+    )
+    assert len(ports) == 3
+    assert [interface for _, _, interface in reactor.listening] == [
+        str(GATEWAY_V4),
+        str(GATEWAY_V6),
+    ]
+    [(address, port, ours)] = bound
+    assert (address, port) == (GATEWAY_LL, 5351)
+    assert ours.fileno() == -1  # closed: the reactor has its own duplicate
+    [(adopted, protocol, size)] = reactor.adopted
+    assert adopted.getsockname()[0] == "::1" and size == 8192
+    assert protocol.natpmp is None and protocol.pcp is not None
+    assert (protocol.local_address, protocol.interface) == (GATEWAY_LL, "br-lan")
+    for listening in ports:
+        listening.stopListening()
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["fe80::1%pgx-nosuch0", "fe80::1%lo", "fe80::1"],
+    ids=["no-such-interface", "not-on-that-interface", "no-zone"],
+)
+def test_a_link_local_address_that_cannot_be_bound_leaves_the_others_serving(
+    address: str,
+) -> None:
+    reactor = FakeReactor()
+    link_local = IPv6Address(address)
+    with capturedLogs() as events:
+        ports = listen_udp5351(
+            reactor, [GATEWAY_V4, link_local], Rig().service, zoned_is_lan, True, True
+        )
+    if not link_local.scope_id:
+        # no zone: left to listenUDP, whose own bind fails (here the fake one succeeds)
+        assert [i for _, _, i in reactor.listening] == [str(GATEWAY_V4), address]
+        return
+    assert len(ports) == 1 and reactor.adopted == []
+    [line] = [formatEvent(e) for e in events if e.get("log_level") is LogLevel.error]
+    assert f"cannot listen on UDP 5351 at {address}" in line
+
+
+def test_bind_link_local_needs_a_zone() -> None:
+    with pytest.raises(OSError):
+        bind_link_local(IPv6Address("fe80::1"), 0)
+
+
+@pytest.mark.netns
+def test_a_real_link_local_socket_answers_a_client_on_its_link() -> None:
+    """Two namespaces joined by a veth pair: the gateway end has only a link-local address
+    (fe80::1), the client end a LAN address (CLIENT_V6) and its own link-local one. PCP to
+    fe80::1%<its link>: the request from CLIENT_V6 is answered from fe80::1 (the address the
+    client asked) and maps CLIENT_V6; one from the client's link-local address is heard (it
+    came in on the LAN interface) and refused with NOT_AUTHORIZED; announcements leave by
+    that interface."""
+    from twisted.internet import reactor
+
+    gw_ns = Namespace(unique_prefix("u") + "-g")
+    client_ns = Namespace(unique_prefix("u") + "-c")
+    with gw_ns, client_ns:
+        gw_ns.run("ip", "link", "add", "pgu-gw", "type", "veth", "peer", "name", "pgu-cl")
+        gw_ns.run("ip", "link", "set", "pgu-cl", "netns", client_ns.name)
+        gw_ns.run("ip", "link", "set", "pgu-gw", "addrgenmode", "none")
+        gw_ns.run("ip", "addr", "add", "fe80::1/64", "dev", "pgu-gw", "nodad")
+        gw_ns.run("ip", "link", "set", "pgu-gw", "up")
+        # the LAN prefix is on that link (on a router, its ULA or global address says so)
+        gw_ns.run("ip", "-6", "route", "add", "2001:db8:1::/64", "dev", "pgu-gw")
+        client_ns.run("ip", "link", "set", "pgu-cl", "addrgenmode", "none")
+        client_ns.run("ip", "addr", "add", "fe80::2/64", "dev", "pgu-cl", "nodad")
+        client_ns.run("ip", "addr", "add", f"{CLIENT_V6}/64", "dev", "pgu-cl", "nodad")
+        client_ns.run("ip", "link", "set", "pgu-cl", "up")
+        rig = Rig()
+        with inside(gw_ns.name):
+            index = socket.if_nametoindex("pgu-gw")
+            local = IPv6Address("fe80::1%pgu-gw")
+
+            def on_lan(address: IPAddress) -> bool:
+                if isinstance(address, IPv6Address) and address.is_link_local:
+                    return address.scope_id in {"pgu-gw", str(index)}
+                return is_lan(address)
+
+            [port] = listen_udp5351(
+                reactor,
+                [local],
+                rig.service,
+                on_lan,
+                True,
+                True,
+                interfaces={local: "pgu-gw"},
+                announce_on_start=False,
+                port=0,
+            )
+        with inside(client_ns.name):
+            client = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            client_ll = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            announcements = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            client_index = socket.if_nametoindex("pgu-cl")
+        try:
+            sock = port.getHandle()
+            server = ("fe80::1", port.getHost().port, 0, client_index)
+            assert port.protocol.local_address == local
+
+            def ask(client: socket.socket, data: bytes) -> tuple[pcp.Response, str]:
+                client.settimeout(2)
+                client.sendto(data, server)
+                assert select.select([sock], [], [], 2)[0]
+                port.doRead()
+                rig.reactor.advance(0)
+                reply, sender = client.recvfrom(1100)
+                return pcp.decode_response(reply), sender[0]
+
+            client.bind((str(CLIENT_V6), 0))
+            response, sender = ask(client, pcp_map(CLIENT_V6, 8080))
+            assert (response.result, sender) == (pcp.ResultCode.SUCCESS, "fe80::1")
+            [mapping] = rig.mappings()
+            assert (mapping.kind.value, mapping.internal.address) == ("pinhole", CLIENT_V6)
+
+            client_ll.bind(("fe80::2", 0, 0, client_index))
+            response, _ = ask(client_ll, pcp_map(IPv6Address("fe80::2"), 8081))
+            assert response.result is pcp.ResultCode.NOT_AUTHORIZED
+            assert len(rig.mappings()) == 1
+
+            announcements.bind(("::", CLIENT_PORT))
+            group = socket.inet_pton(socket.AF_INET6, "ff02::1")
+            announcements.setsockopt(
+                socket.IPPROTO_IPV6,
+                socket.IPV6_JOIN_GROUP,
+                group + client_index.to_bytes(4, "little"),
+            )
+            announcements.settimeout(2)
+            with inside(gw_ns.name):  # where the zone's name, pgu-gw, means something
+                port.protocol.announce()
+            data, sender_address = announcements.recvfrom(1100)
+            assert data == pcp.encode_announce(0)
+            assert sender_address[:2] == ("fe80::1", port.getHost().port)
+            assert sender_address[3] == client_index
+        finally:
+            for s in (client, client_ll, announcements):
+                s.close()
+            port.stopReading()
+            port.connectionLost(None)
 
 
 def test_a_real_loopback_socket_answers_and_sets_the_multicast_interface() -> None:
