@@ -106,10 +106,20 @@ def imports() -> list[tuple[str, int]]:
     rows = [("bare interpreter", _rss_after("import sys"))]
     for module in MODULES:
         rows.append((module, _rss_after(f"import {module}")))
+    lean = "import gateway.memory as m\nm.keep_openssl_out()\n"
+    rows.append(
+        (
+            "twisted.internet.reactor, OpenSSL kept out (gateway.memory)",
+            _rss_after(f"{lean}import twisted.internet.reactor"),
+        )
+    )
+    rows.append(
+        ("gateway.rtnl (pyroute2's link/address decoder alone)", _rss_after("import gateway.rtnl"))
+    )
     rows.append(
         (
             "gateway.daemon (everything the daemon imports, as `portgate run` does)",
-            _rss_after("import gateway.memory as m\nm.keep_openssl_out()\nimport gateway.daemon"),
+            _rss_after(f"{lean}import gateway.daemon"),
         )
     )
     return rows

@@ -445,7 +445,7 @@ class NftConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
         msgspec.Meta(
             ge=0, le=86400, description="seconds from 0 (never) to 86400 between full checks"
         ),
-    ] = 300.0
+    ] = 0.0
 
 
 class BackendConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

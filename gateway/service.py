@@ -61,7 +61,7 @@ RETRY_DELAY = 5.0
 #: How often the backend is asked whether its tables are still in place.
 HEALTH_INTERVAL = 2.0
 #: Seconds between full comparisons of the backend's entries with the table (0: never).
-VERIFY_INTERVAL = 300.0
+VERIFY_INTERVAL = 0.0
 EPOCH_META_KEY = "epoch_wall"
 
 

@@ -228,8 +228,8 @@ def test_a_flushed_backend_is_restored(rig: Rig) -> None:
 
 
 def test_an_entry_deleted_from_outside_is_put_back_at_the_next_full_check(rig: Rig) -> None:
-    """The cheap check every 2 s sees the table there; the full one (every 300 s by
-    default) compares each entry."""
+    """The cheap check every 2 s sees the table there; the full one (every 300 s here,
+    backend.nft.verify_interval) compares each entry."""
     granted = rig.result(rig.service.handle(natpmp_map(8080)))
     assert isinstance(granted, Granted)
     expected = rig.backend.snapshot()
